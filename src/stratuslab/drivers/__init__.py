@@ -1,0 +1,1 @@
+"""Node-side drivers: compute (libvirt, fake), storage, network."""
