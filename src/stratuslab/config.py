@@ -1,0 +1,236 @@
+"""Typed, layered settings.
+
+Layers, highest first: explicit arguments (CLI flags) > ``STRATUS_*`` environment variables >
+a TOML file > built-in defaults. Nothing is read at import time: callers build settings with the
+``load_*`` functions and pass them on.
+
+The user's client file ``~/.config/stratuslab/config.toml`` holds named cloud sections and
+the selected one::
+
+    cloud = "local"
+
+    [clouds.local]
+    endpoint = "http://127.0.0.1:8770"
+    token = "..."
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from stratuslab.errors import InvalidInput
+
+ENV_PREFIX = "STRATUS_"
+DEFAULT_PORT = 8770
+
+
+def default_data_dir() -> Path:
+    """``/var/lib/stratuslab`` for root, ``~/.local/share/stratuslab`` otherwise."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/stratuslab")
+    return Path.home() / ".local" / "share" / "stratuslab"
+
+
+def user_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "stratuslab" / "config.toml"
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    data_dir: Path = field(default_factory=default_data_dir)
+    database_url: str = ""  # empty: SQLite file in data_dir
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    #: seconds without heartbeat before a host is offline
+    heartbeat_grace: float = 60.0
+    #: seconds a stop waits for ACPI before forcing the domain off
+    stop_timeout: float = 60.0
+    #: first port of the per-host range forwarded to guests' SSH (user-mode networking)
+    ssh_port_base: int = 22000
+    ssh_port_count: int = 1000
+    #: longest time a long-poll (operation wait, agent watch) is held open
+    max_wait: float = 60.0
+    #: seconds before an instance that cannot be placed fails
+    pending_timeout: float = 600.0
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'controller.db'}"
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    controller_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    state_dir: Path = field(default_factory=lambda: default_data_dir() / "node")
+    driver: str = "libvirt"
+    libvirt_uri: str = "qemu:///system"
+    #: hypervisor override: "" = probe (kvm if it really works, else qemu/TCG)
+    hypervisor: str = ""
+    hostname: str = ""
+    #: seconds between heartbeats
+    heartbeat_interval: float = 10.0
+    #: seconds between full reconcile passes when nothing changes
+    resync_interval: float = 15.0
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    endpoint: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    token: str = ""
+    timeout: float = 30.0
+    cloud: str = ""
+
+
+S = TypeVar("S", ControllerSettings, NodeSettings, ClientSettings)
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, str):
+                return raw.strip().lower() in {"1", "true", "yes", "on"}
+            return bool(raw)
+        if isinstance(default, Path):
+            return Path(str(raw)).expanduser()
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(
+            f"setting {name!r} has an invalid value {raw!r}",
+            hint=f"give {name} a value of type {type(default).__name__}",
+        ) from exc
+
+
+def layer(settings: S, values: Mapping[str, Any], *, source: str) -> S:
+    """Return ``settings`` with ``values`` applied (unknown keys are an error)."""
+    known = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    changes: dict[str, Any] = {}
+    for key, raw in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise InvalidInput(
+                f"unknown setting {key!r} in {source}",
+                hint=f"known settings: {', '.join(sorted(known))}",
+            )
+        if raw is None:
+            continue
+        changes[name] = _coerce(name, raw, known[name])
+    return replace(settings, **changes)
+
+
+def env_values(settings: S, environ: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, str]:
+    names = {f.name for f in fields(settings)}
+    out = {}
+    for name in names:
+        key = prefix + name.upper()
+        if key in environ:
+            out[name] = environ[key]
+    return out
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(
+            f"{path} is not valid TOML: {exc}", hint="fix the file or remove it"
+        ) from exc
+
+
+def load_controller_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ControllerSettings:
+    env = os.environ if environ is None else environ
+    settings = ControllerSettings()
+    path = config_file or Path(env.get("STRATUS_CONTROLLER_CONFIG", "/etc/stratuslab/controller.toml"))
+    settings = layer(settings, read_toml(path), source=str(path))
+    settings = layer(settings, env_values(settings, env), source="environment")
+    return layer(settings, overrides or {}, source="arguments")
+
+
+def load_node_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> NodeSettings:
+    env = os.environ if environ is None else environ
+    settings = NodeSettings()
+    path = config_file or Path(env.get("STRATUS_NODE_CONFIG", "/etc/stratuslab/node.toml"))
+    settings = layer(settings, read_toml(path), source=str(path))
+    settings = layer(settings, env_values(settings, env, prefix="STRATUS_NODE_"), source="environment")
+    return layer(settings, overrides or {}, source="arguments")
+
+
+def load_client_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ClientSettings:
+    """Flags > ``STRATUS_*`` env > selected cloud section of the user file > defaults."""
+    env = os.environ if environ is None else environ
+    path = config_file or Path(env.get("STRATUS_CONFIG", str(user_config_path())))
+    data = read_toml(path)
+    flags = dict(overrides or {})
+    cloud = flags.get("cloud") or env.get("STRATUS_CLOUD") or data.get("cloud") or ""
+    clouds = data.get("clouds", {})
+    settings = ClientSettings()
+    if cloud:
+        if cloud not in clouds:
+            raise InvalidInput(
+                f"cloud {cloud!r} is not defined in {path}",
+                hint=f"defined clouds: {', '.join(sorted(clouds)) or 'none'}; run `stratus up` "
+                "for a local cloud",
+            )
+        settings = layer(settings, clouds[cloud], source=f"{path} [clouds.{cloud}]")
+        settings = replace(settings, cloud=cloud)
+    settings = layer(settings, env_values(settings, env), source="environment")
+    return layer(settings, flags, source="command line")
+
+
+def save_cloud(path: Path, name: str, values: Mapping[str, Any], *, select: bool = True) -> None:
+    """Write (or replace) one cloud section in the user's file, keeping the others."""
+    data = read_toml(path)
+    clouds = dict(data.get("clouds", {}))
+    clouds[name] = dict(values)
+    if select or not data.get("cloud"):
+        data["cloud"] = name
+    data["clouds"] = clouds
+    lines = [f'cloud = "{data["cloud"]}"', ""]
+    for cname, section in clouds.items():
+        lines.append(f"[clouds.{cname}]")
+        for key, value in section.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

@@ -1,0 +1,1 @@
+"""Wire types (pydantic), shared by the API and the client."""

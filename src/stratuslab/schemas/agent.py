@@ -1,0 +1,94 @@
+"""What the node agent and the controller say to each other."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from stratuslab.schemas.common import Wire
+
+
+class HostCapacity(Wire):
+    hostname: str
+    arch: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    hypervisor: str
+    agent_version: str = ""
+
+
+class JoinRequest(Wire):
+    token: str
+    capacity: HostCapacity
+
+
+class JoinResponse(Wire):
+    host_id: str
+    credential: str
+
+
+class Heartbeat(Wire):
+    capacity: HostCapacity
+    usage: dict[str, float] = Field(default_factory=dict)
+
+
+class ImageRef(Wire):
+    id: str
+    sha256: str
+    format: str
+    size_bytes: int
+
+
+class DesiredInstance(Wire):
+    id: str
+    name: str
+    hostname: str
+    generation: int
+    desired: str
+    vcpus: int
+    memory_mib: int
+    image: ImageRef
+    ssh_port: int | None
+    ssh_keys: list[str]
+    user_data: str | None
+    reboot_seq: int
+    reboot_hard: bool
+    stop_timeout: float
+
+
+class DesiredState(Wire):
+    host_id: str
+    generation: int
+    instances: list[DesiredInstance]
+
+
+class ObservedInstance(Wire):
+    id: str
+    status: str
+    observed_generation: int
+    reason: str = ""
+    power_state: str = ""
+
+
+class AgentEvent(Wire):
+    kind: str
+    message: str
+    level: str = "info"
+    instance_id: str | None = None
+
+
+class ConsoleChunk(Wire):
+    instance_id: str
+    offset: int
+    data: str
+
+
+class Report(Wire):
+    instances: list[ObservedInstance] = Field(default_factory=list)
+    events: list[AgentEvent] = Field(default_factory=list)
+    console: list[ConsoleChunk] = Field(default_factory=list)
+
+
+class ReportAck(Wire):
+    #: instance ids the controller no longer knows or that are fully deleted
+    forget: list[str] = Field(default_factory=list)
