@@ -159,7 +159,9 @@ def load_controller_settings(
 ) -> ControllerSettings:
     env = os.environ if environ is None else environ
     settings = ControllerSettings()
-    path = config_file or Path(env.get("STRATUS_CONTROLLER_CONFIG", "/etc/stratuslab/controller.toml"))
+    path = config_file or Path(
+        env.get("STRATUS_CONTROLLER_CONFIG", "/etc/stratuslab/controller.toml")
+    )
     settings = layer(settings, read_toml(path), source=str(path))
     settings = layer(settings, env_values(settings, env), source="environment")
     return layer(settings, overrides or {}, source="arguments")
@@ -175,7 +177,9 @@ def load_node_settings(
     settings = NodeSettings()
     path = config_file or Path(env.get("STRATUS_NODE_CONFIG", "/etc/stratuslab/node.toml"))
     settings = layer(settings, read_toml(path), source=str(path))
-    settings = layer(settings, env_values(settings, env, prefix="STRATUS_NODE_"), source="environment")
+    settings = layer(
+        settings, env_values(settings, env, prefix="STRATUS_NODE_"), source="environment"
+    )
     return layer(settings, overrides or {}, source="arguments")
 
 

@@ -60,6 +60,7 @@ class ImageStatus(StrEnum):
     UPLOADING = "uploading"
     AVAILABLE = "available"
     ERROR = "error"
+    DELETED = "deleted"
 
 
 class Hypervisor(StrEnum):

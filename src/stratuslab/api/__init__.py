@@ -1,0 +1,1 @@
+"""The controller's REST API (FastAPI), under /api/v1."""

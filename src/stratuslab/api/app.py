@@ -1,0 +1,90 @@
+"""``create_app(settings)``: the one place where the controller is wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from stratuslab import __version__
+from stratuslab.api import problems
+from stratuslab.api.routes import (
+    agent,
+    events,
+    flavors,
+    hosts,
+    images,
+    instances,
+    operations,
+    system,
+)
+from stratuslab.config import ControllerSettings
+from stratuslab.db.session import make_engine, make_session_factory, upgrade
+from stratuslab.services import hosts as host_service
+from stratuslab.services import instances as instance_service
+from stratuslab.services.context import Ctx
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+
+def build_ctx(settings: ControllerSettings, *, migrate: bool = True) -> Ctx:
+    engine = make_engine(settings.effective_database_url)
+    if migrate:
+        upgrade(engine)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Ctx(settings=settings, sessions=make_session_factory(engine))
+
+
+def housekeeping(ctx: Ctx) -> None:
+    """One pass of the controller's background work."""
+    uow = ctx.uow()
+    with uow as s:
+        instance_service.place_pending(uow)
+        host_service.mark_offline(s, ctx.settings.heartbeat_grace)
+
+
+async def _loop(ctx: Ctx, interval: float) -> None:
+    while True:
+        try:
+            await run_in_threadpool(housekeeping, ctx)
+        except Exception:  # keep the loop alive; the next pass retries
+            log.exception("housekeeping failed")
+        await asyncio.sleep(interval)
+
+
+def create_app(
+    settings: ControllerSettings, *, ctx: Ctx | None = None, background: bool = True
+) -> FastAPI:
+    ctx = ctx or build_ctx(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_loop(ctx, 2.0)) if background else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="StratusLab controller",
+        version=__version__,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    problems.install(app)
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (system, flavors, images, instances, operations, hosts, events, agent):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app

@@ -1,0 +1,318 @@
+"""Instance commands: run, list, show, start, stop, reboot, kill, console, ssh."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import click
+
+from stratuslab.cli import output
+from stratuslab.cli.context import AppContext, json_option, pass_app
+from stratuslab.cli.progress import wait
+from stratuslab.errors import Conflict, InvalidInput, StratusError
+from stratuslab.schemas.instances import Instance, InstanceCreate
+from stratuslab.schemas.operations import Operation
+
+DEFAULT_KEYS = ("id_ed25519.pub", "id_rsa.pub")
+DEFAULT_TIMEOUT = 600.0
+LIST_HEADERS = ("id", "name", "status", "flavor", "vcpus", "memory", "address", "host")
+RUN_HEADERS = ("id", "name", "state", "address", "host")
+SHOW_EVENTS = 5
+
+no_wait_option = click.option(
+    "--no-wait", is_flag=True, help="Return once the request is accepted."
+)
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the operation.",
+)
+refs_argument = click.argument("refs", metavar="ID...", nargs=-1, required=True)
+
+
+@click.command()
+@click.argument("image")
+@click.option("-t", "--type", "flavor", help="Flavor (instance type); the default if absent.")
+@click.option(
+    "-k",
+    "--key",
+    "keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Public SSH key file (repeatable). Default: ~/.ssh/id_ed25519.pub or id_rsa.pub.",
+)
+@click.option(
+    "--user-data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="cloud-init user data file.",
+)
+@click.option("--name", help="Instance name (a suffix is added when -n > 1).")
+@click.option("-n", "--count", type=click.IntRange(1, 100), default=1, show_default=True)
+@no_wait_option
+@timeout_option
+@json_option
+@pass_app
+def run(
+    app: AppContext,
+    image: str,
+    flavor: str | None,
+    keys: tuple[Path, ...],
+    user_data: Path | None,
+    name: str | None,
+    count: int,
+    no_wait: bool,
+    timeout: float,
+) -> None:
+    """Start COUNT instances of IMAGE (id or name) and wait until they run."""
+    spec = InstanceCreate(
+        image=image,
+        flavor=flavor,
+        name=name,
+        count=count,
+        ssh_keys=read_keys(keys or default_keys()),
+        user_data=user_data.read_text() if user_data is not None else None,
+    )
+    if not spec.ssh_keys:
+        output.info(app, "note: no SSH key given and none found in ~/.ssh; pass --key FILE")
+    created = app.client.create_instances(spec)
+    instances = created.instances
+    failure: StratusError | None = None
+    if not no_wait:
+        label = f"starting {len(instances)} instance{'s' if len(instances) != 1 else ''}"
+        try:
+            wait(app, created.operation, timeout=timeout, label=label)
+        except StratusError as err:
+            failure = err
+        instances = [_refresh(app, instance) for instance in instances]
+    rows = [
+        (output.short_id(i.id), i.name, i.status, output.text(i.address), _host(i))
+        for i in instances
+    ]
+    output.emit(app, instances, RUN_HEADERS, rows, ids=[i.id for i in instances])
+    if failure is not None:
+        raise failure
+
+
+@click.command("list")
+@click.option("--status", help="Only instances in this status (e.g. running).")
+@json_option
+@pass_app
+def list_(app: AppContext, status: str | None) -> None:
+    """List your instances."""
+    instances = list(app.client.iter_instances(status=status))
+    output.emit(
+        app, instances, LIST_HEADERS, _list_rows(instances), ids=[i.id for i in instances]
+    )
+
+
+@click.command()
+@click.argument("ref", metavar="ID")
+@json_option
+@pass_app
+def show(app: AppContext, ref: str) -> None:
+    """Show every field of an instance and its last events."""
+    instance = app.client.get_instance(ref)
+    events = list(deque(app.client.iter_events(instance.id), maxlen=SHOW_EVENTS))
+    if app.json:
+        output.print_json({**instance.model_dump(mode="json"), "events": output.jsonable(events)})
+        return
+    output.print_fields(app, ((k, output.text(v)) for k, v in instance.model_dump().items()))
+    if events:
+        app.out.print("\n[bold]Last events[/bold]")
+        rows = [(output.fmt_time(e.time), e.level, e.kind, e.message) for e in events]
+        output.print_table(app, ("time", "level", "kind", "message"), rows)
+
+
+@click.command()
+@refs_argument
+@no_wait_option
+@timeout_option
+@json_option
+@pass_app
+@click.pass_context
+def start(ctx: click.Context, app: AppContext, refs: Sequence[str], **opts: float) -> None:
+    """Start stopped instances."""
+    act = lambda ref: app.client.instance_action(ref, "start")  # noqa: E731
+    _for_each(ctx, app, refs, act, ("started", "starting"), **opts)
+
+
+@click.command()
+@refs_argument
+@no_wait_option
+@timeout_option
+@json_option
+@pass_app
+@click.pass_context
+def stop(ctx: click.Context, app: AppContext, refs: Sequence[str], **opts: float) -> None:
+    """Shut instances down (ACPI, then forced after the controller's stop timeout)."""
+    act = lambda ref: app.client.instance_action(ref, "stop")  # noqa: E731
+    _for_each(ctx, app, refs, act, ("stopped", "stopping"), **opts)
+
+
+@click.command()
+@refs_argument
+@click.option("--hard", is_flag=True, help="Reset instead of an ACPI reboot.")
+@no_wait_option
+@timeout_option
+@json_option
+@pass_app
+@click.pass_context
+def reboot(
+    ctx: click.Context, app: AppContext, refs: Sequence[str], hard: bool, **opts: float
+) -> None:
+    """Reboot instances."""
+    act = lambda ref: app.client.instance_action(ref, "reboot", hard=hard)  # noqa: E731
+    _for_each(ctx, app, refs, act, ("rebooted", "rebooting"), **opts)
+
+
+@click.command()
+@refs_argument
+@no_wait_option
+@timeout_option
+@json_option
+@pass_app
+@click.pass_context
+def kill(ctx: click.Context, app: AppContext, refs: Sequence[str], **opts: float) -> None:
+    """Destroy instances and release their resources (goes on after an error)."""
+    _for_each(ctx, app, refs, app.client.delete_instance, ("deleted", "deleting"), **opts)
+
+
+@click.command()
+@click.argument("ref", metavar="ID")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until Ctrl-C.")
+@pass_app
+def console(app: AppContext, ref: str, follow: bool) -> None:
+    """Print the serial console output of an instance."""
+    offset = 0
+    try:
+        while True:
+            chunk = app.client.console(ref, offset)
+            if chunk.data:
+                click.echo(chunk.data, nl=False)
+            offset = chunk.next_offset
+            if not follow:
+                return
+            app.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("ref", metavar="ID")
+@click.option(
+    "-i",
+    "identity",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Private key file for ssh.",
+)
+@click.option("-l", "--user", default="root", show_default=True)
+@click.argument("ssh_args", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def ssh(
+    app: AppContext, ref: str, identity: str | None, user: str, ssh_args: tuple[str, ...]
+) -> None:
+    """Open an SSH session to an instance (arguments after -- go to ssh)."""
+    instance = app.client.get_instance(ref)
+    app.exec_fn("ssh", ssh_argv(instance, user=user, identity=identity, extra=ssh_args))
+
+
+COMMANDS = (run, list_, show, start, stop, reboot, kill, console, ssh)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def default_keys() -> list[Path]:
+    for name in DEFAULT_KEYS:
+        path = Path.home() / ".ssh" / name
+        if path.is_file():
+            return [path]
+    return []
+
+
+def read_keys(paths: Iterable[Path]) -> list[str]:
+    """Every key line of every file (a file may hold several keys)."""
+    keys = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                if line.startswith("-----BEGIN"):
+                    raise InvalidInput(
+                        f"{path} is a private key", hint="pass the public key file (*.pub)"
+                    )
+                keys.append(line)
+    return keys
+
+
+def ssh_argv(
+    instance: Instance, *, user: str, identity: str | None, extra: Sequence[str]
+) -> list[str]:
+    if not instance.address:
+        raise Conflict(
+            f"instance {instance.name} has no SSH address yet (status {instance.status})",
+            hint=f"wait until it runs: `stratus show {instance.name}`",
+        )
+    host, _, port = instance.address.rpartition(":")
+    argv = ["ssh", "-p", port, "-o", "StrictHostKeyChecking=no"]
+    argv += ["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+    if identity is not None:
+        argv += ["-i", identity]
+    return [*argv, f"{user}@{host.strip('[]')}", *extra]
+
+
+def _for_each(
+    ctx: click.Context,
+    app: AppContext,
+    refs: Sequence[str],
+    act: Callable[[str], Operation],
+    words: tuple[str, str],
+    *,
+    no_wait: bool,
+    timeout: float,
+) -> None:
+    """Apply ``act`` to every ref, going on after errors; exit non-zero if any failed."""
+    failures = output.Failures()
+    done: list[Operation] = []
+    for ref in refs:
+        with failures.item():
+            operation = act(ref)
+            if not no_wait:
+                operation = wait(app, operation, timeout=timeout, label=f"{words[1]} {ref}")
+            done.append(operation)
+            if not (app.json or app.quiet):
+                click.echo(f"{words[1] if no_wait else words[0]}: {ref}")
+    if app.json:
+        output.print_json(done)
+    failures.exit(ctx)
+
+
+def _refresh(app: AppContext, instance: Instance) -> Instance:
+    try:
+        return app.client.get_instance(instance.id)
+    except StratusError:
+        return instance
+
+
+def _host(instance: Instance) -> str:
+    return instance.host_name or output.short_id(instance.host_id) or "-"
+
+
+def _list_rows(instances: Iterable[Instance]) -> list[tuple[str, ...]]:
+    return [
+        (
+            output.short_id(i.id),
+            i.name,
+            i.status,
+            i.flavor_name,
+            str(i.vcpus),
+            output.fmt_mib(i.memory_mib),
+            output.text(i.address),
+            _host(i),
+        )
+        for i in instances
+    ]

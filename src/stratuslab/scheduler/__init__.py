@@ -1,0 +1,1 @@
+"""Placement as pure functions over a snapshot of hosts."""

@@ -1,0 +1,169 @@
+"""The controller's side of the agent protocol: desired state out, observations in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from stratuslab.db.models import Host, Image, Instance, utcnow
+from stratuslab.schemas.agent import (
+    ConsoleChunk,
+    DesiredInstance,
+    DesiredState,
+    ImageRef,
+    ObservedInstance,
+    Report,
+    ReportAck,
+)
+from stratuslab.services import events, operations
+from stratuslab.services.instances import mark_deleted
+from stratuslab.types import DesiredState as Desired
+from stratuslab.types import InstanceStatus
+
+#: how much console text the controller keeps per instance
+CONSOLE_LIMIT = 1024 * 1024
+
+
+def desired_state(session: Session, host: Host, stop_timeout: float) -> DesiredState:
+    rows = session.execute(
+        select(Instance, Image)
+        .join(Image, Image.id == Instance.image_id)
+        .where(
+            Instance.host_id == host.id,
+            or_(
+                Instance.status != InstanceStatus.DELETED.value,
+                Instance.desired != Desired.DELETED.value,
+            ),
+            Instance.status != InstanceStatus.PENDING.value,
+        )
+        .order_by(Instance.created_at)
+    )
+    items = [
+        DesiredInstance(
+            id=inst.id,
+            name=inst.name,
+            hostname=str(inst.spec.get("hostname") or inst.name.lower()),
+            generation=inst.generation,
+            desired=inst.desired,
+            vcpus=inst.vcpus,
+            memory_mib=inst.memory_mib,
+            image=ImageRef(
+                id=image.id,
+                sha256=image.sha256,
+                format=image.format,
+                size_bytes=image.size_bytes,
+            ),
+            ssh_port=inst.ssh_port,
+            ssh_keys=list(inst.spec.get("ssh_keys") or []),
+            user_data=inst.spec.get("user_data"),
+            reboot_seq=inst.reboot_seq,
+            reboot_hard=inst.reboot_hard,
+            stop_timeout=stop_timeout,
+        )
+        for inst, image in rows
+    ]
+    return DesiredState(host_id=host.id, generation=host.desired_generation, instances=items)
+
+
+def apply_report(
+    session: Session, host: Host, report: Report, console_dir: Path
+) -> tuple[ReportAck, list[str]]:
+    """Record observations; return the ack and the operations that finished."""
+    ids = [o.id for o in report.instances] + [c.instance_id for c in report.console]
+    known = (
+        {i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_(ids)))}
+        if ids
+        else {}
+    )
+    forget: list[str] = []
+    changed: dict[str, Instance] = {}
+    for obs in report.instances:
+        inst = known.get(obs.id)
+        if inst is None or inst.host_id != host.id:
+            forget.append(obs.id)
+            continue
+        if _observe(session, inst, obs):
+            changed[inst.id] = inst
+    for chunk in report.console:
+        inst = known.get(chunk.instance_id)
+        if inst is not None and inst.host_id == host.id:
+            inst.console_bytes = append_console(console_dir, chunk)
+    for ev in report.events:
+        inst = known.get(ev.instance_id or "")
+        events.record(
+            session,
+            ev.kind,
+            ev.message,
+            level=ev.level,
+            instance_id=ev.instance_id,
+            host_id=host.id,
+            project_id=inst.project_id if inst else None,
+        )
+    host.last_heartbeat = utcnow()
+    finished = operations.evaluate_for(session, changed)
+    return ReportAck(forget=forget), finished
+
+
+def _observe(session: Session, inst: Instance, obs: ObservedInstance) -> bool:
+    if obs.observed_generation < inst.observed_generation:
+        return False  # stale report from before a restart
+    if inst.status == InstanceStatus.DELETED.value:
+        return False
+    before = (inst.status, inst.observed_generation)
+    inst.observed_generation = min(obs.observed_generation, inst.generation)
+    if obs.status == InstanceStatus.DELETED.value:
+        mark_deleted(inst)
+    else:
+        inst.status = obs.status
+        inst.status_reason = obs.reason
+        if obs.status == InstanceStatus.RUNNING.value and before[0] != obs.status:
+            inst.started_at = utcnow()
+    if (inst.status, inst.observed_generation) == before:
+        return False
+    inst.updated_at = utcnow()
+    if inst.status != before[0]:
+        level = "error" if inst.status == InstanceStatus.FAILED.value else "info"
+        message = f"{before[0]} -> {inst.status}" + (f": {obs.reason}" if obs.reason else "")
+        events.record(
+            session,
+            f"instance.{inst.status}",
+            message,
+            level=level,
+            instance_id=inst.id,
+            host_id=inst.host_id,
+            project_id=inst.project_id,
+        )
+    return True
+
+
+def append_console(console_dir: Path, chunk: ConsoleChunk) -> int:
+    """Store console text at its offset (a resent chunk overwrites); return the new size."""
+    console_dir.mkdir(parents=True, exist_ok=True)
+    path = console_dir / f"{chunk.instance_id}.log"
+    data = chunk.data.encode("latin-1", errors="replace")  # agents send bytes as latin-1
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        size = os.fstat(fd).st_size
+        offset = min(chunk.offset, size)
+        if offset + len(data) > CONSOLE_LIMIT:
+            return size
+        os.pwrite(fd, data, offset)
+        end = offset + len(data)
+        if end < size:
+            os.ftruncate(fd, end)
+        return end
+    finally:
+        os.close(fd)
+
+
+def read_console(console_dir: Path, instance_id: str, offset: int) -> tuple[int, str]:
+    path = console_dir / f"{instance_id}.log"
+    if not path.exists():
+        return 0, ""
+    with path.open("rb") as fh:
+        fh.seek(max(offset, 0))
+        data = fh.read(CONSOLE_LIMIT)
+    return max(offset, 0) + len(data), data.decode("utf-8", errors="replace")

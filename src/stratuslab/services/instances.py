@@ -1,0 +1,308 @@
+"""Instance lifecycle: create, stop, start, reboot, delete — all level-triggered.
+
+The controller only writes what should be (``desired``, ``generation``); the node agent
+converges and reports what is (``status``, ``observed_generation``).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from stratuslab.db.models import Host, Instance, Operation, utcnow
+from stratuslab.errors import Conflict, InvalidInput, NotFound
+from stratuslab.scheduler.placement import Request
+from stratuslab.schemas.instances import InstanceCreate
+from stratuslab.services import events, operations
+from stratuslab.services.auth import Principal
+from stratuslab.services.context import UnitOfWork
+from stratuslab.services.flavors import get_flavor
+from stratuslab.services.images import get_image
+from stratuslab.services.placement import check_possible, claim, snapshot_hosts
+from stratuslab.types import DesiredState, InstanceStatus
+
+SSH_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
+USER_DATA_LIMIT = 64 * 1024
+
+
+def host_key(host_id: str) -> str:
+    return f"host:{host_id}"
+
+
+def list_instances(
+    session: Session,
+    principal: Principal,
+    *,
+    status: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+    include_deleted: bool = False,
+) -> tuple[list[Instance], int]:
+    cond = [Instance.project_id == principal.project_id]
+    if status:
+        cond.append(Instance.status == status)
+    elif not include_deleted:
+        cond.append(Instance.status != InstanceStatus.DELETED.value)
+    total = session.scalar(select(func.count()).select_from(Instance).where(*cond)) or 0
+    rows = session.scalars(
+        select(Instance)
+        .where(*cond)
+        .order_by(Instance.created_at, Instance.id)
+        .limit(min(max(limit, 1), 1000))
+        .offset(max(offset, 0))
+    )
+    return list(rows), total
+
+
+def get_instance(session: Session, principal: Principal, ref: str) -> Instance:
+    base = select(Instance).where(Instance.project_id == principal.project_id)
+    inst = session.scalar(base.where(Instance.id == ref))
+    if inst is None:
+        inst = session.scalar(
+            base.where(Instance.name == ref, Instance.status != InstanceStatus.DELETED.value)
+        )
+    if inst is None:
+        raise NotFound(
+            f"instance {ref!r} does not exist",
+            hint="list your instances with `stratus list`",
+            code="instance_not_found",
+        )
+    return inst
+
+
+def _names(session: Session, principal: Principal, req: InstanceCreate) -> list[str]:
+    if req.name is None:
+        return [f"vm-{uuid.uuid4().hex[:8]}" for _ in range(req.count)]
+    names = [req.name] if req.count == 1 else [f"{req.name}-{i}" for i in range(1, req.count + 1)]
+    taken = session.scalar(
+        select(Instance.name).where(
+            Instance.project_id == principal.project_id,
+            Instance.name.in_(names),
+            Instance.status != InstanceStatus.DELETED.value,
+        )
+    )
+    if taken is not None:
+        raise Conflict(
+            f"an instance named {taken!r} already exists",
+            hint="choose another --name, or kill the old instance first",
+            code="duplicate_name",
+        )
+    return names
+
+
+def _validate_keys(keys: list[str]) -> list[str]:
+    clean = [k.strip() for k in keys if k.strip()]
+    for key in clean:
+        if not SSH_KEY.match(key):
+            raise InvalidInput(
+                f"not an SSH public key: {key[:40]!r}...",
+                hint="pass the .pub file (e.g. --key ~/.ssh/id_ed25519.pub), not the private key",
+                code="invalid_ssh_key",
+            )
+    return clean
+
+
+def create_instances(
+    uow: UnitOfWork, principal: Principal, req: InstanceCreate
+) -> tuple[Operation, list[Instance]]:
+    s = uow.session
+    settings = uow.ctx.settings
+    image = get_image(s, principal, req.image)
+    flavor = get_flavor(s, req.flavor)
+    keys = _validate_keys(req.ssh_keys)
+    if req.user_data is not None and len(req.user_data.encode()) > USER_DATA_LIMIT:
+        raise InvalidInput(
+            f"user data is {len(req.user_data.encode())} bytes; the limit is {USER_DATA_LIMIT}",
+            hint="compress it or fetch the bulk from the network at boot",
+            code="user_data_too_large",
+        )
+    names = _names(s, principal, req)
+    hosts = snapshot_hosts(s)
+    check_possible(Request(vcpus=flavor.vcpus, memory_mib=flavor.memory_mib), hosts)
+    created: list[Instance] = []
+    for name in names:
+        inst = Instance(
+            name=name,
+            image_id=image.id,
+            flavor_name=flavor.name,
+            vcpus=flavor.vcpus,
+            memory_mib=flavor.memory_mib,
+            disk_gib=flavor.disk_gib,
+            spec={"ssh_keys": keys, "user_data": req.user_data, "hostname": name.lower()},
+            desired=DesiredState.RUNNING.value,
+            status=InstanceStatus.PENDING.value,
+            owner_id=principal.user_id,
+            project_id=principal.project_id,
+        )
+        s.add(inst)
+        s.flush()
+        host_id = claim(
+            s, inst, hosts, port_base=settings.ssh_port_base, port_count=settings.ssh_port_count
+        )
+        events.record(
+            s,
+            "instance.created",
+            f"instance {name} created from image {image.name} ({flavor.name}); "
+            + inst.status_reason,
+            instance_id=inst.id,
+            host_id=host_id,
+            project_id=principal.project_id,
+        )
+        if host_id is not None:
+            uow.notify(host_key(host_id))
+        created.append(inst)
+    op = operations.start(
+        s,
+        principal,
+        kind="instance.create",
+        instances=created,
+        expect_status=InstanceStatus.RUNNING,
+    )
+    return op, created
+
+
+def _bump(inst: Instance) -> None:
+    inst.generation += 1
+    inst.updated_at = utcnow()
+
+
+def _touch_host(uow: UnitOfWork, inst: Instance) -> None:
+    if inst.host_id is None:
+        return
+    host = uow.session.get(Host, inst.host_id)
+    if host is not None:
+        host.desired_generation += 1
+    uow.notify(host_key(inst.host_id))
+
+
+def act(
+    uow: UnitOfWork, principal: Principal, ref: str, action: str, *, hard: bool = False
+) -> Operation:
+    s = uow.session
+    inst = get_instance(s, principal, ref)
+    if inst.desired == DesiredState.DELETED.value:
+        raise Conflict(f"instance {inst.name} is being deleted", hint="nothing more to do")
+    if action == "stop":
+        expect = InstanceStatus.STOPPED
+        if inst.desired != DesiredState.STOPPED.value:
+            inst.desired = DesiredState.STOPPED.value
+            _bump(inst)
+    elif action == "start":
+        expect = InstanceStatus.RUNNING
+        if inst.desired != DesiredState.RUNNING.value or inst.status == "failed":
+            inst.desired = DesiredState.RUNNING.value
+            if inst.status == InstanceStatus.FAILED.value:
+                inst.status = (
+                    InstanceStatus.SCHEDULED.value if inst.host_id else InstanceStatus.PENDING.value
+                )
+            _bump(inst)
+    elif action == "reboot":
+        if inst.status != InstanceStatus.RUNNING.value:
+            raise Conflict(
+                f"instance {inst.name} is {inst.status}, not running",
+                hint=f"start it with `stratus start {inst.name}`",
+                code="not_running",
+            )
+        expect = InstanceStatus.RUNNING
+        inst.reboot_seq += 1
+        inst.reboot_hard = hard
+        _bump(inst)
+    else:
+        raise InvalidInput(f"unknown action {action!r}", hint="use start, stop or reboot")
+    events.record(
+        s,
+        f"instance.{action}",
+        f"{'hard ' if hard and action == 'reboot' else ''}{action} requested",
+        instance_id=inst.id,
+        project_id=inst.project_id,
+    )
+    _touch_host(uow, inst)
+    return operations.start(
+        s, principal, kind=f"instance.{action}", instances=[inst], expect_status=expect
+    )
+
+
+def delete(uow: UnitOfWork, principal: Principal, ref: str) -> Operation:
+    s = uow.session
+    inst = get_instance(s, principal, ref)
+    if inst.desired != DesiredState.DELETED.value:
+        inst.desired = DesiredState.DELETED.value
+        _bump(inst)
+        if inst.host_id is None or inst.status == InstanceStatus.PENDING.value:
+            mark_deleted(inst)
+        events.record(
+            s,
+            "instance.delete",
+            "delete requested",
+            instance_id=inst.id,
+            project_id=inst.project_id,
+        )
+        _touch_host(uow, inst)
+    return operations.start(
+        s,
+        principal,
+        kind="instance.delete",
+        instances=[inst],
+        expect_status=InstanceStatus.DELETED,
+    )
+
+
+def mark_deleted(inst: Instance) -> None:
+    inst.status = InstanceStatus.DELETED.value
+    inst.observed_generation = inst.generation
+    inst.deleted_at = utcnow()
+    inst.ssh_port = None
+
+
+def place_pending(uow: UnitOfWork) -> int:
+    """Retry placing pending instances; fail those pending too long. Returns placed count."""
+    s = uow.session
+    settings = uow.ctx.settings
+    pending = list(
+        s.scalars(
+            select(Instance)
+            .where(
+                Instance.status == InstanceStatus.PENDING.value,
+                Instance.desired == DesiredState.RUNNING.value,
+            )
+            .order_by(Instance.created_at)
+            .limit(500)
+        )
+    )
+    if not pending:
+        return 0
+    hosts = snapshot_hosts(s)
+    placed = 0
+    now = utcnow()
+    for inst in pending:
+        host_id = claim(
+            s, inst, hosts, port_base=settings.ssh_port_base, port_count=settings.ssh_port_count
+        )
+        if host_id is not None:
+            placed += 1
+            uow.notify(host_key(host_id))
+            events.record(
+                s,
+                "instance.scheduled",
+                inst.status_reason,
+                instance_id=inst.id,
+                host_id=host_id,
+                project_id=inst.project_id,
+            )
+        elif (now - inst.created_at).total_seconds() > settings.pending_timeout:
+            inst.status = InstanceStatus.FAILED.value
+            inst.status_reason = f"no host could take it in time; {inst.status_reason}"
+            inst.observed_generation = inst.generation
+            events.record(
+                s,
+                "instance.failed",
+                inst.status_reason,
+                level="error",
+                instance_id=inst.id,
+                project_id=inst.project_id,
+            )
+            operations.evaluate_for(s, {inst.id: inst})
+    return placed

@@ -1,0 +1,112 @@
+"""Operations: what a client waits on while slow work happens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from stratuslab.db.models import Instance, Operation, utcnow
+from stratuslab.errors import NotFound
+from stratuslab.services.auth import Principal
+from stratuslab.types import InstanceStatus, OperationStatus
+
+
+def op_key(op_id: str) -> str:
+    return f"op:{op_id}"
+
+
+def start(
+    session: Session,
+    principal: Principal,
+    *,
+    kind: str,
+    instances: Iterable[Instance],
+    expect_status: InstanceStatus,
+) -> Operation:
+    """An operation that succeeds when every instance reaches ``expect_status`` at (or after)
+    its current generation, and fails when one of them fails."""
+    targets = list(instances)
+    op = Operation(
+        kind=kind,
+        target_type="instance",
+        target_ids=[i.id for i in targets],
+        expect={
+            "status": expect_status.value,
+            "generations": {i.id: i.generation for i in targets},
+        },
+        owner_id=principal.user_id,
+        project_id=principal.project_id,
+    )
+    session.add(op)
+    session.flush()
+    evaluate(session, op, {i.id: i for i in targets})
+    return op
+
+
+def get(session: Session, principal: Principal, op_id: str) -> Operation:
+    op = session.get(Operation, op_id)
+    if op is None or (op.project_id != principal.project_id and not principal.is_admin):
+        raise NotFound(f"operation {op_id!r} does not exist", hint="check the id")
+    return op
+
+
+def evaluate(session: Session, op: Operation, instances: dict[str, Instance]) -> bool:
+    """Finish ``op`` if its targets say so; return True when it finished now."""
+    if op.status != OperationStatus.RUNNING.value:
+        return False
+    want = op.expect.get("status")
+    generations: dict[str, int] = op.expect.get("generations", {})
+    done = 0
+    waiting: list[str] = []
+    for target in op.target_ids:
+        inst = instances.get(target) or session.get(Instance, target)
+        if inst is None:
+            continue
+        current = inst.observed_generation >= generations.get(target, 0)
+        if inst.status == want and current:
+            done += 1
+        elif inst.status == InstanceStatus.FAILED.value and (current or want != "deleted"):
+            _finish(op, failed=_failure(inst))
+            return True
+        else:
+            waiting.append(f"{inst.name}: {inst.status}")
+    if done == len(op.target_ids):
+        _finish(op, failed=None)
+        return True
+    op.progress = f"{done}/{len(op.target_ids)} {want}" + (
+        f" ({', '.join(waiting[:3])})" if waiting else ""
+    )
+    return False
+
+
+def _failure(inst: Instance) -> dict[str, Any]:
+    return {
+        "code": "instance_failed",
+        "message": f"instance {inst.name} failed: {inst.status_reason or 'no reason given'}",
+        "hint": f"see `stratus events {inst.id}` and `stratus console {inst.id}`",
+        "details": {"instance_id": inst.id},
+    }
+
+
+def _finish(op: Operation, *, failed: dict[str, Any] | None) -> None:
+    op.status = OperationStatus.FAILED.value if failed else OperationStatus.SUCCEEDED.value
+    op.error = failed
+    op.finished_at = utcnow()
+    op.progress = "failed" if failed else "done"
+
+
+def evaluate_for(session: Session, instances: dict[str, Instance]) -> list[str]:
+    """Re-check the open operations that target any of ``instances``; return finished ids."""
+    if not instances:
+        return []
+    finished: list[str] = []
+    open_ops = session.scalars(
+        select(Operation).where(Operation.status == OperationStatus.RUNNING.value)
+    )
+    for op in open_ops:
+        if any(t in instances for t in op.target_ids) and evaluate(session, op, instances):
+            finished.append(op.id)
+    return finished
