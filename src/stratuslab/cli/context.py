@@ -20,6 +20,7 @@ from rich.console import Console
 from stratuslab.client import StratusClient
 from stratuslab.config import ClientSettings, load_client_settings
 
+#: console width when stdout is not a terminal (tables are not folded at 80 columns)
 PIPE_WIDTH = 250
 
 ClientFactory = Callable[[ClientSettings], StratusClient]
@@ -38,14 +39,12 @@ def default_exec(file: str, args: Sequence[str]) -> NoReturn:
 class AppContext:
     """Global options plus the seams to the outside world."""
 
-    client_factory: PIPE_WIDTH = 250
-
-ClientFactory = default_client_factory
+    client_factory: ClientFactory = default_client_factory
     #: where the sibling programs (stratus-controller, stratus-node) are installed
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
     exec_fn: ExecFn = default_exec
     sleep: Callable[[float], None] = time.sleep
-    #: console width; None lets rich decide (terminal width, or 80 when piped)
+    #: console width; None: the terminal's, or PIPE_WIDTH when piped, or $COLUMNS
     width: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     json: bool = False
@@ -67,7 +66,6 @@ ClientFactory = default_client_factory
         return self._err
 
     def _width(self) -> int | None:
-        """Tables are not folded at 80 columns when piped (unless COLUMNS says so)."""
         if self.width is not None or "COLUMNS" in os.environ or sys.stdout.isatty():
             return self.width
         return PIPE_WIDTH

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 import click
@@ -50,7 +51,7 @@ refs_argument = click.argument("refs", metavar="ID...", nargs=-1, required=True)
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="cloud-init user data file.",
 )
-@click.option("--name", help="Instance name (a suffix is added when -n > 1).")
+@click.option("--name", help="Instance name.")
 @click.option("-n", "--count", type=click.IntRange(1, 100), default=1, show_default=True)
 @no_wait_option
 @timeout_option
@@ -104,9 +105,7 @@ def run(
 def list_(app: AppContext, status: str | None) -> None:
     """List your instances."""
     instances = list(app.client.iter_instances(status=status))
-    output.emit(
-        app, instances, LIST_HEADERS, _list_rows(instances), ids=[i.id for i in instances]
-    )
+    output.emit(app, instances, LIST_HEADERS, _list_rows(instances), ids=[i.id for i in instances])
 
 
 @click.command()
@@ -134,10 +133,12 @@ def show(app: AppContext, ref: str) -> None:
 @json_option
 @pass_app
 @click.pass_context
-def start(ctx: click.Context, app: AppContext, refs: Sequence[str], **opts: float) -> None:
+def start(
+    ctx: click.Context, app: AppContext, refs: Sequence[str], no_wait: bool, timeout: float
+) -> None:
     """Start stopped instances."""
-    act = lambda ref: app.client.instance_action(ref, "start")  # noqa: E731
-    _for_each(ctx, app, refs, act, ("started", "starting"), **opts)
+    act = partial(app.client.instance_action, action="start")
+    _for_each(ctx, app, refs, act, ("started", "starting"), no_wait=no_wait, timeout=timeout)
 
 
 @click.command()
@@ -147,10 +148,12 @@ def start(ctx: click.Context, app: AppContext, refs: Sequence[str], **opts: floa
 @json_option
 @pass_app
 @click.pass_context
-def stop(ctx: click.Context, app: AppContext, refs: Sequence[str], **opts: float) -> None:
+def stop(
+    ctx: click.Context, app: AppContext, refs: Sequence[str], no_wait: bool, timeout: float
+) -> None:
     """Shut instances down (ACPI, then forced after the controller's stop timeout)."""
-    act = lambda ref: app.client.instance_action(ref, "stop")  # noqa: E731
-    _for_each(ctx, app, refs, act, ("stopped", "stopping"), **opts)
+    act = partial(app.client.instance_action, action="stop")
+    _for_each(ctx, app, refs, act, ("stopped", "stopping"), no_wait=no_wait, timeout=timeout)
 
 
 @click.command()
@@ -162,11 +165,17 @@ def stop(ctx: click.Context, app: AppContext, refs: Sequence[str], **opts: float
 @pass_app
 @click.pass_context
 def reboot(
-    ctx: click.Context, app: AppContext, refs: Sequence[str], hard: bool, **opts: float
+    ctx: click.Context,
+    app: AppContext,
+    refs: Sequence[str],
+    hard: bool,
+    no_wait: bool,
+    timeout: float,
 ) -> None:
     """Reboot instances."""
-    act = lambda ref: app.client.instance_action(ref, "reboot", hard=hard)  # noqa: E731
-    _for_each(ctx, app, refs, act, ("rebooted", "rebooting"), **opts)
+    act = partial(app.client.instance_action, action="reboot", hard=hard)
+    words = ("rebooted", "rebooting")
+    _for_each(ctx, app, refs, act, words, no_wait=no_wait, timeout=timeout)
 
 
 @click.command()
@@ -176,9 +185,12 @@ def reboot(
 @json_option
 @pass_app
 @click.pass_context
-def kill(ctx: click.Context, app: AppContext, refs: Sequence[str], **opts: float) -> None:
+def kill(
+    ctx: click.Context, app: AppContext, refs: Sequence[str], no_wait: bool, timeout: float
+) -> None:
     """Destroy instances and release their resources (goes on after an error)."""
-    _for_each(ctx, app, refs, app.client.delete_instance, ("deleted", "deleting"), **opts)
+    act = app.client.delete_instance
+    _for_each(ctx, app, refs, act, ("deleted", "deleting"), no_wait=no_wait, timeout=timeout)
 
 
 @click.command()

@@ -23,6 +23,7 @@ from stratuslab.cli.context import AppContext
 from stratuslab.errors import InvalidInput, StratusError
 
 Row = Sequence[str]
+UNEXPECTED_HINT = "this may be a bug; run again with STRATUS_DEBUG=1 to see the traceback"
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -39,7 +40,7 @@ def report_error(err: StratusError) -> int:
 def report_unexpected(exc: BaseException) -> int:
     name = type(exc).__name__
     click.echo(click.style("Error: ", fg="red", bold=True) + f"{name}: {exc}", err=True)
-    click.echo("Hint: this is a bug or an unexpected condition; set STRATUS_DEBUG=1 to see the traceback", err=True)
+    click.echo(f"Hint: {UNEXPECTED_HINT}", err=True)
     return 1
 
 

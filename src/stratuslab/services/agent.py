@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, not_, or_, select
 from sqlalchemy.orm import Session
 
 from stratuslab.db.models import Host, Image, Instance, utcnow
@@ -38,6 +38,13 @@ def desired_state(session: Session, host: Host, stop_timeout: float) -> DesiredS
                 Instance.desired != Desired.DELETED.value,
             ),
             Instance.status != InstanceStatus.PENDING.value,
+            # a failed provisioning was cleaned up by the agent: nothing left to converge
+            not_(
+                and_(
+                    Instance.status == InstanceStatus.FAILED.value,
+                    Instance.observed_generation >= Instance.generation,
+                )
+            ),
         )
         .order_by(Instance.created_at)
     )
@@ -116,6 +123,15 @@ def _observe(session: Session, inst: Instance, obs: ObservedInstance) -> bool:
     inst.observed_generation = min(obs.observed_generation, inst.generation)
     if obs.status == InstanceStatus.DELETED.value:
         mark_deleted(inst)
+    elif (
+        obs.status == InstanceStatus.STOPPED.value
+        and inst.desired == Desired.RUNNING.value
+        and obs.observed_generation >= inst.generation
+    ):
+        # The guest powered itself off: what should be follows what is (no restart loop).
+        inst.desired = Desired.STOPPED.value
+        inst.status = obs.status
+        inst.status_reason = obs.reason
     else:
         inst.status = obs.status
         inst.status_reason = obs.reason

@@ -1,0 +1,240 @@
+"""Converge one host to its desired state. Level-triggered: every pass starts from what is.
+
+Nothing here remembers more than it can rebuild: domains are found by name
+(``stratus-<instance id>``), files by path, and the little local state (which generation was
+applied, which reboot request was served) lives in the instance directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from stratuslab.agent.workspace import Workspace
+from stratuslab.drivers.base import DOMAIN_PREFIX, ComputeDriver, DomainSpec, PortForward
+from stratuslab.errors import StratusError
+from stratuslab.schemas.agent import AgentEvent, DesiredInstance, ImageRef, ObservedInstance
+from stratuslab.types import DesiredState, Hypervisor, InstanceStatus, PowerState
+
+#: re-send the ACPI power-off this often while a guest has not stopped
+SHUTDOWN_RESEND = 5.0
+
+
+class Images(Protocol):
+    def ensure(self, ref: ImageRef) -> Path: ...
+
+
+def domain_name(instance_id: str) -> str:
+    return DOMAIN_PREFIX + instance_id
+
+
+@dataclass
+class Result:
+    observed: ObservedInstance
+    events: list[AgentEvent] = field(default_factory=list)
+    #: the instance is between states: poll again soon
+    busy: bool = False
+
+
+class Reconciler:
+    def __init__(
+        self,
+        driver: ComputeDriver,
+        workspace: Workspace,
+        images: Images,
+        *,
+        hypervisor: Hypervisor,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.driver = driver
+        self.workspace = workspace
+        self.images = images
+        self.hypervisor = hypervisor
+        self.clock = clock
+        #: instance id -> (forced-off deadline, next ACPI resend)
+        self._stopping: dict[str, tuple[float, float]] = {}
+        #: instance id -> (generation that failed, reason)
+        self._failed: dict[str, tuple[int, str]] = {}
+
+    # -- one instance -------------------------------------------------------------------
+
+    def converge(self, inst: DesiredInstance) -> Result:
+        try:
+            if inst.desired == DesiredState.DELETED.value:
+                return self._delete(inst)
+            if inst.desired == DesiredState.STOPPED.value:
+                return self._stop(inst)
+            return self._run(inst)
+        except StratusError as exc:
+            return self._fail(inst, str(exc))
+
+    def _observed(
+        self,
+        inst: DesiredInstance,
+        status: InstanceStatus,
+        reason: str = "",
+        *,
+        current: bool = True,
+    ) -> ObservedInstance:
+        applied = (
+            inst.generation
+            if current
+            else int(self.workspace.read_state(inst.id).get("generation", 0))
+        )
+        return ObservedInstance(
+            id=inst.id, status=status.value, observed_generation=applied, reason=reason
+        )
+
+    def _delete(self, inst: DesiredInstance) -> Result:
+        self.driver.undefine(inst.id)
+        self.workspace.remove(inst.id)
+        self._stopping.pop(inst.id, None)
+        self._failed.pop(inst.id, None)
+        return Result(
+            self._observed(inst, InstanceStatus.DELETED),
+            [
+                AgentEvent(
+                    kind="instance.cleaned", message="domain and disks removed", instance_id=inst.id
+                )
+            ],
+        )
+
+    def _stop(self, inst: DesiredInstance) -> Result:
+        state = self.driver.state(inst.id)
+        if state is PowerState.RUNNING or state is PowerState.PAUSED:
+            return self._stopping_step(inst)
+        self._stopping.pop(inst.id, None)
+        self._mark_applied(inst)
+        return Result(self._observed(inst, InstanceStatus.STOPPED))
+
+    def _stopping_step(self, inst: DesiredInstance) -> Result:
+        now = self.clock()
+        deadline, resend = self._stopping.get(inst.id, (now + inst.stop_timeout, now))
+        if now >= deadline:
+            self.driver.destroy(inst.id)
+            self._stopping.pop(inst.id, None)
+            self._mark_applied(inst)
+            return Result(
+                self._observed(inst, InstanceStatus.STOPPED, "forced off after ACPI timeout"),
+                [
+                    AgentEvent(
+                        kind="instance.forced_off",
+                        level="warning",
+                        instance_id=inst.id,
+                        message=f"guest ignored ACPI power-off for {inst.stop_timeout:.0f} s",
+                    )
+                ],
+            )
+        if now >= resend:
+            self.driver.shutdown(inst.id)
+            resend = now + SHUTDOWN_RESEND
+        self._stopping[inst.id] = (deadline, resend)
+        return Result(self._observed(inst, InstanceStatus.STOPPING, current=False), busy=True)
+
+    def _run(self, inst: DesiredInstance) -> Result:
+        failed = self._failed.get(inst.id)
+        if failed is not None and failed[0] == inst.generation:
+            return Result(self._observed(inst, InstanceStatus.FAILED, failed[1]))
+        self._stopping.pop(inst.id, None)
+        state = self.driver.state(inst.id)
+        local = self.workspace.read_state(inst.id)
+        events: list[AgentEvent] = []
+        if state is PowerState.MISSING:
+            self._provision(inst)
+            events.append(
+                AgentEvent(
+                    kind="instance.started",
+                    instance_id=inst.id,
+                    message=f"domain defined and started ({self.hypervisor})",
+                )
+            )
+        elif state is PowerState.SHUTOFF or state is PowerState.CRASHED:
+            if local.get("generation") == inst.generation:
+                return Result(
+                    self._observed(inst, InstanceStatus.STOPPED, "the guest powered itself off")
+                )
+            self.driver.start(inst.id)
+            events.append(
+                AgentEvent(kind="instance.started", instance_id=inst.id, message="domain started")
+            )
+        elif int(local.get("reboot_seq", 0)) < inst.reboot_seq:
+            (self.driver.reset if inst.reboot_hard else self.driver.reboot)(inst.id)
+            events.append(
+                AgentEvent(
+                    kind="instance.rebooted",
+                    instance_id=inst.id,
+                    message="hard reset" if inst.reboot_hard else "ACPI reboot",
+                )
+            )
+        self._mark_applied(inst)
+        return Result(self._observed(inst, InstanceStatus.RUNNING), events)
+
+    def _provision(self, inst: DesiredInstance) -> None:
+        """Image, disks, seed, domain — undone completely if any step fails."""
+        try:
+            base = self.images.ensure(inst.image)
+            disks = self.workspace.prepare(inst, base)
+            forwards = (PortForward(host_port=inst.ssh_port),) if inst.ssh_port else ()
+            self.driver.define(
+                DomainSpec(
+                    uuid=inst.id,
+                    name=domain_name(inst.id),
+                    vcpus=inst.vcpus,
+                    memory_mib=inst.memory_mib,
+                    disks=disks,
+                    console_log=self.workspace.console_log(inst.id),
+                    hypervisor=self.hypervisor,
+                    port_forwards=forwards,
+                    metadata={"instance": inst.id, "name": inst.name},
+                )
+            )
+            self.driver.start(inst.id)
+        except BaseException:
+            self._cleanup(inst.id)
+            raise
+
+    def _cleanup(self, instance_id: str) -> None:
+        with contextlib.suppress(StratusError):
+            self.driver.undefine(instance_id)
+        self.workspace.remove(instance_id)
+
+    def _fail(self, inst: DesiredInstance, reason: str) -> Result:
+        self._failed[inst.id] = (inst.generation, reason)
+        return Result(
+            self._observed(inst, InstanceStatus.FAILED, reason),
+            [AgentEvent(kind="instance.error", level="error", message=reason, instance_id=inst.id)],
+        )
+
+    def _mark_applied(self, inst: DesiredInstance) -> None:
+        state = self.workspace.read_state(inst.id)
+        if (
+            state.get("generation") == inst.generation
+            and state.get("reboot_seq") == inst.reboot_seq
+        ):
+            return
+        state.update(generation=inst.generation, reboot_seq=inst.reboot_seq)
+        self.workspace.write_state(inst.id, state)
+
+    # -- the whole host -----------------------------------------------------------------
+
+    def collect_garbage(self, keep: set[str]) -> list[AgentEvent]:
+        """Destroy domains and files of instances this host must not have (fencing)."""
+        events: list[AgentEvent] = []
+        names = {d.uuid for d in self.driver.list_domains()}
+        for instance_id in (names | self.workspace.instance_ids()) - keep:
+            self._cleanup(instance_id)
+            self._stopping.pop(instance_id, None)
+            self._failed.pop(instance_id, None)
+            events.append(
+                AgentEvent(
+                    kind="host.fenced",
+                    level="warning",
+                    instance_id=None,
+                    message=f"removed instance {instance_id}: not assigned to this host",
+                )
+            )
+        return events

@@ -1,0 +1,131 @@
+"""Per-instance files on a node: root overlay, seed ISO, console log, local state.
+
+Layout: ``STATE_DIR/instances/<id>/{root.qcow2, seed.iso, console.log, state.json}``.
+Every step is idempotent and writes through a temporary name, so a crash at any moment
+leaves either nothing or a complete file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Protocol
+
+from stratuslab.context.iso import write_seed_iso
+from stratuslab.context.nocloud import build_nocloud
+from stratuslab.drivers.base import DiskSpec
+from stratuslab.errors import DriverError
+from stratuslab.schemas.agent import DesiredInstance
+
+
+class Workspace(Protocol):
+    def prepare(self, inst: DesiredInstance, base: Path) -> tuple[DiskSpec, ...]: ...
+    def remove(self, instance_id: str) -> None: ...
+    def instance_ids(self) -> set[str]: ...
+    def console_log(self, instance_id: str) -> Path: ...
+    def read_state(self, instance_id: str) -> dict[str, Any]: ...
+    def write_state(self, instance_id: str, state: dict[str, Any]) -> None: ...
+
+
+class LocalWorkspace:
+    def __init__(self, root: Path) -> None:
+        self.root = root / "instances"
+        self.root.mkdir(parents=True, exist_ok=True)
+        for p in (root, self.root):
+            p.chmod(0o755)  # QEMU (user libvirt-qemu) must reach the disks
+
+    def dir(self, instance_id: str) -> Path:
+        return self.root / instance_id
+
+    def console_log(self, instance_id: str) -> Path:
+        return self.dir(instance_id) / "console.log"
+
+    def instance_ids(self) -> set[str]:
+        return {p.name for p in self.root.iterdir() if p.is_dir()}
+
+    def prepare(self, inst: DesiredInstance, base: Path) -> tuple[DiskSpec, ...]:
+        d = self.dir(inst.id)
+        d.mkdir(exist_ok=True)
+        d.chmod(0o755)
+        root = d / "root.qcow2"
+        if not root.exists():
+            _overlay(base, inst.image.format, root)
+        seed = d / "seed.iso"
+        if not seed.exists():
+            files = build_nocloud(
+                instance_id=inst.id,
+                hostname=inst.hostname,
+                ssh_keys=inst.ssh_keys,
+                user_data=inst.user_data.encode() if inst.user_data is not None else None,
+            )
+            write_seed_iso(files, seed)
+        return (
+            DiskSpec(path=root, format="qcow2", target="vda", boot_order=1),
+            DiskSpec(path=seed, format="raw", target="vdb", readonly=True),
+        )
+
+    def remove(self, instance_id: str) -> None:
+        shutil.rmtree(self.dir(instance_id), ignore_errors=True)
+
+    def read_state(self, instance_id: str) -> dict[str, Any]:
+        path = self.dir(instance_id) / "state.json"
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data
+
+    def write_state(self, instance_id: str, state: dict[str, Any]) -> None:
+        d = self.dir(instance_id)
+        if not d.exists():
+            return
+        tmp = d / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(d / "state.json")
+
+
+def _overlay(base: Path, base_format: str, dest: Path) -> None:
+    tmp = dest.with_suffix(".tmp")
+    proc = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base), str(tmp)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise DriverError(
+            f"cannot create the root disk overlay: {proc.stderr.strip()}",
+            hint="check that qemu-utils is installed and the state directory is writable",
+        )
+    tmp.chmod(0o644)
+    tmp.replace(dest)
+
+
+class FakeWorkspace:
+    """In memory, for simulation and fast tests."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, dict[str, Any]] = {}
+
+    def prepare(self, inst: DesiredInstance, base: Path) -> tuple[DiskSpec, ...]:
+        self._states.setdefault(inst.id, {})
+        return (DiskSpec(path=Path(f"/fake/{inst.id}/root.qcow2"), boot_order=1),)
+
+    def remove(self, instance_id: str) -> None:
+        self._states.pop(instance_id, None)
+
+    def instance_ids(self) -> set[str]:
+        return set(self._states)
+
+    def console_log(self, instance_id: str) -> Path:
+        return Path(f"/fake/{instance_id}/console.log")
+
+    def read_state(self, instance_id: str) -> dict[str, Any]:
+        return dict(self._states.get(instance_id, {}))
+
+    def write_state(self, instance_id: str, state: dict[str, Any]) -> None:
+        if instance_id in self._states:
+            self._states[instance_id] = dict(state)

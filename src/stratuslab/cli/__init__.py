@@ -1,0 +1,1 @@
+"""The ``stratus`` command line: one module per noun, talking only to ``stratuslab.client``."""

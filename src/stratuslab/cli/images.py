@@ -1,0 +1,85 @@
+"""Image commands: ``stratus image add|list|show|delete``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import click
+
+from stratuslab.cli import output
+from stratuslab.cli.context import AppContext, json_option, pass_app
+from stratuslab.cli.progress import upload_bar
+from stratuslab.schemas.images import Image
+
+HEADERS = ("id", "name", "format", "size", "virtual size", "status", "visibility", "created")
+
+
+@click.group("image")
+def image() -> None:
+    """Manage disk images."""
+
+
+@image.command("add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", help="Image name (default: the file name without its extension).")
+@json_option
+@pass_app
+def add(app: AppContext, file: Path, name: str | None) -> None:
+    """Upload a qcow2 or raw disk image FILE."""
+    image_name = name or file.name.split(".")[0]
+    with upload_bar(app, f"uploading {file.name}", file.stat().st_size) as advance:
+        uploaded = app.client.upload_image(file, image_name, on_bytes=advance)
+    output.emit(app, uploaded, HEADERS, _rows([uploaded]), ids=[uploaded.id])
+
+
+@image.command("list")
+@json_option
+@pass_app
+def list_(app: AppContext) -> None:
+    """List the images you can use."""
+    images = app.client.list_images()
+    output.emit(app, images, HEADERS, _rows(images), ids=[i.id for i in images])
+
+
+@image.command("show")
+@click.argument("ref", metavar="ID")
+@json_option
+@pass_app
+def show(app: AppContext, ref: str) -> None:
+    """Show every field of an image."""
+    found = app.client.get_image(ref)
+    if app.json:
+        output.print_json(found)
+    else:
+        output.print_fields(app, ((k, output.text(v)) for k, v in found.model_dump().items()))
+
+
+@image.command("delete")
+@click.argument("refs", metavar="ID...", nargs=-1, required=True)
+@pass_app
+@click.pass_context
+def delete(ctx: click.Context, app: AppContext, refs: Sequence[str]) -> None:
+    """Delete images (goes on after an error)."""
+    failures = output.Failures()
+    for ref in refs:
+        with failures.item():
+            app.client.delete_image(ref)
+            output.info(app, f"deleted: {ref}")
+    failures.exit(ctx)
+
+
+def _rows(images: Iterable[Image]) -> list[tuple[str, ...]]:
+    return [
+        (
+            output.short_id(i.id),
+            i.name,
+            i.format,
+            output.fmt_bytes(i.size_bytes),
+            output.fmt_bytes(i.virtual_size_bytes),
+            i.status,
+            i.visibility,
+            output.fmt_time(i.created_at),
+        )
+        for i in images
+    ]

@@ -1,0 +1,59 @@
+"""The ``stratus`` root command, its global options, and the entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from stratuslab import __version__
+from stratuslab.cli import admin, allinone, events, flavors, hosts, images, instances, output
+from stratuslab.cli.context import AppContext
+
+
+class StratusGroup(click.Group):
+    """The root group: maps every error raised below it to a message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with output.exit_codes():
+            return super().invoke(ctx)
+
+
+@click.group(cls=StratusGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--endpoint", metavar="URL", help="Controller URL (env STRATUS_ENDPOINT).")
+@click.option("--token", help="API token (env STRATUS_TOKEN).")
+@click.option("--cloud", help="Cloud section of ~/.config/stratuslab/config.toml to use.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only ids; no progress display.")
+@click.version_option(__version__, prog_name="stratus")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    endpoint: str | None,
+    token: str | None,
+    cloud: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """StratusLab: run virtual machines on your cloud.
+
+    Start a cloud on this machine with `stratus up`, add an image with
+    `stratus image add FILE --name NAME`, then `stratus run NAME`.
+    """
+    app = ctx.ensure_object(AppContext)
+    app.overrides.update(
+        {k: v for k, v in {"endpoint": endpoint, "token": token, "cloud": cloud}.items() if v}
+    )
+    app.json = app.json or as_json
+    app.quiet = app.quiet or quiet
+    ctx.call_on_close(app.close)
+
+
+for command in (*instances.COMMANDS, events.events, *allinone.COMMANDS):
+    cli.add_command(command)
+for group in (images.image, flavors.flavor, hosts.host, admin.admin):
+    cli.add_command(group)
+
+
+def main() -> None:
+    cli(prog_name="stratus")
