@@ -66,7 +66,7 @@ KERNEL_MODULES = (
 )
 DROPBEAR_BINARIES = ("usr/sbin/dropbear", "usr/bin/dropbearkey")
 SCRIPTS_DIR = Path(__file__).with_name("tiny")
-SCRIPT_NAMES = ("initramfs-init", "rcS", "inittab", "udhcpc.script", "acpi-power")
+SCRIPT_NAMES = ("initramfs-init", "rcS", "rcK", "inittab", "udhcpc.script", "acpi-power")
 MBR_CANDIDATES = (Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin"))
 PARTITION_START_SECTOR = 2048
 SECTOR = 512
@@ -405,6 +405,7 @@ def _shared_libraries(staging: Path, binary: str, *, loader: str) -> set[str]:
 def _install_scripts(root: Path) -> None:
     targets = {
         "rcS": "etc/init.d/rcS",
+        "rcK": "etc/init.d/rcK",
         "inittab": "etc/inittab",
         "udhcpc.script": "etc/udhcpc.script",
         "acpi-power": "etc/acpi/PWRF/00000080",
@@ -483,7 +484,7 @@ def _make_disk(raw: Path, root: Path, *, size_mib: int, root_uuid: str) -> None:
         disk.truncate(total * SECTOR)
         disk.write(mbr(_mbr_code(), start=PARTITION_START_SECTOR, sectors=sectors))
     mkfs = ["mkfs.ext4", "-q", "-F", "-L", "stratus-tiny", "-U", root_uuid, "-m", "0"]
-    mkfs += ["-O", "^64bit,^metadata_csum", "-E", f"offset={offset},root_owner=0:0"]
+    mkfs += ["-O", "^64bit,^metadata_csum,^extent", "-E", f"offset={offset},root_owner=0:0"]
     _run([*mkfs, "-d", str(root), str(raw), f"{sectors * SECTOR // 1024}k"])
     with _loop_mount(raw, offset=offset, size=sectors * SECTOR) as mnt:
         _run(["extlinux", "--install", str(mnt / "boot/extlinux")])

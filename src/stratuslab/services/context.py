@@ -80,6 +80,12 @@ class Ctx:
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self)
 
+    def close(self) -> None:
+        """Close every pooled database connection."""
+        bind = self.sessions.kw.get("bind")
+        if bind is not None:
+            bind.dispose()
+
 
 class UnitOfWork:
     """One transaction; notifications are sent only after it commits."""
