@@ -47,7 +47,8 @@ def problem(status: int, code: str, message: str, hint: str = "") -> httpx.Respo
 
 
 def not_found(kind: str, ref: str) -> httpx.Response:
-    return problem(404, "not_found", f"{kind} {ref!r} not found", f"list them: `stratus {kind} list`")
+    hint = f"list them: `stratus {kind} list`"
+    return problem(404, "not_found", f"{kind} {ref!r} not found", hint)
 
 
 @dataclass
@@ -418,15 +419,14 @@ class FakeCloud:
     def _create_token(self, request: httpx.Request, _m: re.Match[str]) -> httpx.Response:
         ttl = float(request.url.params.get("ttl", 3600))
         expires = datetime.fromtimestamp(now().timestamp() + ttl, UTC)
-        return self._json(JoinTokenCreated(token="join-" + uuid.uuid4().hex, expires_at=expires), 201)
+        created = JoinTokenCreated(token="join-" + uuid.uuid4().hex, expires_at=expires)
+        return self._json(created, 201)
 
     def _list_events(self, request: httpx.Request, _m: re.Match[str]) -> httpx.Response:
         params = request.url.params
         after, limit = int(params.get("after", 0)), int(params.get("limit", 100))
         wanted = params.get("instance_id")
         events = [
-            e
-            for e in self.events
-            if e.id > after and (wanted is None or e.instance_id == wanted)
+            e for e in self.events if e.id > after and (wanted is None or e.instance_id == wanted)
         ]
         return self._json(events[:limit])

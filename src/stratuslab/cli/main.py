@@ -41,11 +41,10 @@ def cli(
     `stratus image add FILE --name NAME`, then `stratus run NAME`.
     """
     app = ctx.ensure_object(AppContext)
-    app.overrides.update(
-        {k: v for k, v in {"endpoint": endpoint, "token": token, "cloud": cloud}.items() if v}
-    )
-    app.json = app.json or as_json
-    app.quiet = app.quiet or quiet
+    flags = {"endpoint": endpoint, "token": token, "cloud": cloud}
+    app.overrides = {name: value for name, value in flags.items() if value}
+    app.json = as_json
+    app.quiet = quiet
     ctx.call_on_close(app.close)
 
 
