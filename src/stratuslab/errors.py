@@ -15,7 +15,12 @@ CLI maps it to an exit code in exactly one place (``cli/output.py``)::
     ├── DriverError         hypervisor / storage failure (502)  exit 7
     │   └── HypervisorUnavailable  libvirt or QEMU missing
     ├── ImageError          not a disk image, checksum mismatch (422) exit 8
-    └── ServiceUnavailable  controller unreachable (503)        exit 9
+    ├── ServiceUnavailable  controller unreachable (503)        exit 9
+    └── OperationTimeout    the client stopped waiting          exit 10
+
+On the wire an error is ``{"code", "category", "message", "hint", "details"}``: ``code`` is
+specific and stable (``no_hosts``), ``category`` is the class's code (``no_capacity``) so a
+client can rebuild the right class for codes it does not know.
 """
 
 from __future__ import annotations
@@ -48,9 +53,14 @@ class StratusError(Exception):
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
+    @property
+    def category(self) -> str:
+        return type(self).code
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "code": self.code,
+            "category": self.category,
             "message": self.message,
             "hint": self.hint,
             "details": self.details,
@@ -115,6 +125,14 @@ class ServiceUnavailable(StratusError):
     exit_code = 9
 
 
+class OperationTimeout(StratusError):
+    """The client stopped waiting; the operation goes on in the controller."""
+
+    code = "operation_timeout"
+    status = 504
+    exit_code = 10
+
+
 ERRORS_BY_CODE: dict[str, type[StratusError]] = {
     cls.code: cls
     for cls in (
@@ -128,6 +146,7 @@ ERRORS_BY_CODE: dict[str, type[StratusError]] = {
         HypervisorUnavailable,
         ImageError,
         ServiceUnavailable,
+        OperationTimeout,
     )
 }
 
@@ -135,7 +154,7 @@ ERRORS_BY_CODE: dict[str, type[StratusError]] = {
 def error_from_dict(data: dict[str, Any], status: int = 500) -> StratusError:
     """Rebuild an error from its wire form (used by the client)."""
     code = str(data.get("code", "error"))
-    cls = ERRORS_BY_CODE.get(code)
+    cls = ERRORS_BY_CODE.get(code) or ERRORS_BY_CODE.get(str(data.get("category", "")))
     if cls is None:
         cls = next(
             (c for c in ERRORS_BY_CODE.values() if c.status == status and c.code != "error"),

@@ -12,8 +12,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from stratuslab.errors import StratusError
 
 
-def problem(status: int, code: str, message: str, hint: str = "", **details: Any) -> JSONResponse:
-    body = {"error": {"code": code, "message": message, "hint": hint, "details": details}}
+def problem(
+    status: int,
+    code: str,
+    message: str,
+    hint: str = "",
+    *,
+    category: str | None = None,
+    **details: Any,
+) -> JSONResponse:
+    body = {
+        "error": {
+            "code": code,
+            "category": category or code,
+            "message": message,
+            "hint": hint,
+            "details": details,
+        }
+    }
     return JSONResponse(status_code=status, content=body)
 
 
@@ -24,7 +40,9 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
 
 async def on_stratus_error(_req: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StratusError)
-    return problem(exc.status, exc.code, exc.message, exc.hint, **exc.details)
+    return problem(
+        exc.status, exc.code, exc.message, exc.hint, category=exc.category, **exc.details
+    )
 
 
 async def on_validation_error(_req: Request, exc: Exception) -> JSONResponse:

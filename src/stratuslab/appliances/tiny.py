@@ -113,12 +113,12 @@ def build_tiny(
             f"tiny appliance size {size_mib} MiB is too small",
             hint=f"use at least {MIN_SIZE_MIB} MiB",
         )
-    _check_host()
     cache_dir.mkdir(parents=True, exist_ok=True)
     packages = resolve_packages()
     key = cache_key(packages, read_scripts(), size_mib=size_mib)
     cached = cache_dir / f"tiny-{key[:16]}.qcow2"
     if not cached.exists():
+        _check_host()
         say(f"building tiny appliance {cached.name}")
         debs = download_debs(packages, cache_dir / "debs", say)
         _build_image(cached, debs=debs, key=key, size_mib=size_mib, work_parent=cache_dir, say=say)
@@ -244,7 +244,21 @@ def resolve_packages() -> list[Package]:
             f"{KERNEL_METAPACKAGE} does not depend on a linux-image-*-cloud-amd64 package",
             hint="run apt-get update; check the Debian mirror in /etc/apt/sources.list",
         )
-    return [Package(name, _candidate_version(name)) for name in (kernels[0], *USERLAND_PACKAGES)]
+    names = (kernels[0], *USERLAND_PACKAGES)
+    versions = candidate_versions(_run(["apt-cache", "policy", *names]))
+    missing = [name for name in names if name not in versions]
+    if missing:
+        raise DriverError(
+            f"apt has no installable version of {', '.join(missing)}",
+            hint="run apt-get update; check the Debian mirror in /etc/apt/sources.list",
+        )
+    return [Package(name, versions[name]) for name in names]
+
+
+def candidate_versions(policy: str) -> dict[str, str]:
+    """Package name to candidate version, from ``apt-cache policy`` output."""
+    found = re.findall(r"^(\S+):\n\s+Installed: .*\n\s+Candidate: (\S+)$", policy, re.MULTILINE)
+    return {name: version for name, version in found if version != "(none)"}
 
 
 def download_debs(packages: Sequence[Package], deb_dir: Path, say: Progress) -> list[Path]:
@@ -262,14 +276,6 @@ def download_debs(packages: Sequence[Package], deb_dir: Path, say: Progress) -> 
             hint="run apt-get update and retry",
         )
     return paths
-
-
-def _candidate_version(name: str) -> str:
-    text = _run(["apt-cache", "show", "--no-all-versions", name])
-    match = re.search(r"^Version: (\S+)$", text, re.MULTILINE)
-    if match is None:
-        raise DriverError(f"apt knows no version of {name}", hint="run apt-get update")
-    return match.group(1)
 
 
 def _find_deb(package: Package, deb_dir: Path) -> Path | None:
@@ -299,9 +305,12 @@ def _build_image(
         say("making disk and installing extlinux")
         _make_disk(raw, root, size_mib=size_mib, root_uuid=root_uuid)
         say("converting to compressed qcow2")
-        partial = target.with_name(f".{target.name}.partial")
-        _run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(partial)])
-        os.replace(partial, target)
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            _run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(partial)])
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def _assemble_root(staging: Path, root: Path, root_uuid: str) -> None:
@@ -484,6 +493,7 @@ def _make_disk(raw: Path, root: Path, *, size_mib: int, root_uuid: str) -> None:
         disk.truncate(total * SECTOR)
         disk.write(mbr(_mbr_code(), start=PARTITION_START_SECTOR, sectors=sectors))
     mkfs = ["mkfs.ext4", "-q", "-F", "-L", "stratus-tiny", "-U", root_uuid, "-m", "0"]
+    # extlinux 6.04 cannot load a kernel stored in extents ("I/O error"): use block maps.
     mkfs += ["-O", "^64bit,^metadata_csum,^extent", "-E", f"offset={offset},root_owner=0:0"]
     _run([*mkfs, "-d", str(root), str(raw), f"{sectors * SECTOR // 1024}k"])
     with _loop_mount(raw, offset=offset, size=sectors * SECTOR) as mnt:

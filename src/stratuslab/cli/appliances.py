@@ -47,7 +47,5 @@ def build(recipe: str, output: Path | None, cache_dir: Path | None) -> None:
 
         path = build_tiny(output, cache_dir=cache_dir, progress=progress)
     size = path.stat().st_size / 2**20
-    console.print(
-        f"[green]built[/] {path} ({size:.1f} MiB) in {time.monotonic() - started:.1f} s"
-    )
+    console.print(f"[green]built[/] {path} ({size:.1f} MiB) in {time.monotonic() - started:.1f} s")
     click.echo(str(path))

@@ -7,7 +7,17 @@ from typing import Any
 import click
 
 from stratuslab import __version__
-from stratuslab.cli import admin, allinone, events, flavors, hosts, images, instances, output
+from stratuslab.cli import (
+    admin,
+    allinone,
+    appliances,
+    events,
+    flavors,
+    hosts,
+    images,
+    instances,
+    output,
+)
 from stratuslab.cli.context import AppContext
 
 
@@ -50,7 +60,7 @@ def cli(
 
 for command in (*instances.COMMANDS, events.events, *allinone.COMMANDS):
     cli.add_command(command)
-for group in (images.image, flavors.flavor, hosts.host, admin.admin):
+for group in (images.image, flavors.flavor, hosts.host, admin.admin, appliances.appliance):
     cli.add_command(group)
 
 

@@ -62,6 +62,7 @@ class Daemon:
             ) from exc
         finally:
             os.close(log)
+        _settle(pid)
         self.pid_file.write_text(f"{pid}\n")
         return pid
 
@@ -90,11 +91,40 @@ class Daemon:
 def is_program(pid: int, program: str) -> bool:
     """Whether ``pid`` is alive (not a zombie) and its command line names ``program``."""
     reap(pid)
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+    if _state(pid) in (None, "Z", "X"):
         return False
-    return program in cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return program in _cmdline(pid)
+
+
+def _state(pid: int) -> str | None:
+    """The one-letter state in ``/proc/PID/stat`` (None: no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
+def _settle(pid: int, timeout: float = 2.0) -> None:
+    """Wait until a just-spawned child shows its new command line.
+
+    ``posix_spawn`` returns while the kernel is still in ``execve``, when
+    ``/proc/PID/cmdline`` is briefly empty.
+    """
+    deadline = time.monotonic() + timeout
+    while not _cmdline(pid) and _state(pid) not in (None, "Z", "X"):
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.001)
 
 
 def wait_gone(pid: int, program: str, timeout: float) -> bool:

@@ -23,6 +23,7 @@ from stratuslab.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
+    OperationTimeout,
     ServiceUnavailable,
     StratusError,
     Unauthorized,
@@ -63,13 +64,6 @@ _PLAIN_STATUS_ERRORS: dict[int, type[StratusError]] = {
     503: ServiceUnavailable,
     504: ServiceUnavailable,
 }
-
-
-class OperationTimeout(StratusError):
-    """The client stopped waiting; the operation goes on in the controller."""
-
-    code = "operation_timeout"
-    exit_code = 10
 
 
 class StratusClient:
@@ -301,6 +295,10 @@ class StratusClient:
         if self.token:
             all_headers["Authorization"] = f"Bearer {self.token}"
         url = f"{self.endpoint}/api/v1{path}"
+        # an injected client (tests, TestClient) keeps its own timeouts
+        options: dict[str, Any] = {}
+        if self._owns_http:
+            options["timeout"] = self.timeout if timeout is None else timeout
         try:
             response = self._http.request(
                 method,
@@ -309,7 +307,7 @@ class StratusClient:
                 json=json,
                 content=content,
                 headers=all_headers,
-                timeout=self.timeout if timeout is None else timeout,
+                **options,
             )
         except httpx.TimeoutException as exc:
             raise ServiceUnavailable(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from stratuslab.schemas.common import Wire
+from stratuslab.schemas.common import Wire, WireIn
 
 
-class HostCapacity(Wire):
+class HostCapacity(WireIn):
     hostname: str
     arch: str
     vcpus: int
@@ -17,7 +17,7 @@ class HostCapacity(Wire):
     agent_version: str = ""
 
 
-class JoinRequest(Wire):
+class JoinRequest(WireIn):
     token: str
     capacity: HostCapacity
 
@@ -27,7 +27,7 @@ class JoinResponse(Wire):
     credential: str
 
 
-class Heartbeat(Wire):
+class Heartbeat(WireIn):
     capacity: HostCapacity
     usage: dict[str, float] = Field(default_factory=dict)
 
@@ -62,7 +62,7 @@ class DesiredState(Wire):
     instances: list[DesiredInstance]
 
 
-class ObservedInstance(Wire):
+class ObservedInstance(WireIn):
     id: str
     status: str
     observed_generation: int
@@ -70,20 +70,20 @@ class ObservedInstance(Wire):
     power_state: str = ""
 
 
-class AgentEvent(Wire):
+class AgentEvent(WireIn):
     kind: str
     message: str
     level: str = "info"
     instance_id: str | None = None
 
 
-class ConsoleChunk(Wire):
+class ConsoleChunk(WireIn):
     instance_id: str
     offset: int
     data: str
 
 
-class Report(Wire):
+class Report(WireIn):
     instances: list[ObservedInstance] = Field(default_factory=list)
     events: list[AgentEvent] = Field(default_factory=list)
     console: list[ConsoleChunk] = Field(default_factory=list)

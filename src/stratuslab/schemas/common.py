@@ -8,13 +8,22 @@ T = TypeVar("T")
 
 
 class Wire(BaseModel):
-    model_config = ConfigDict(from_attributes=True, extra="forbid")
+    """What the API returns: unknown fields from a newer server are ignored."""
+
+    model_config = ConfigDict(from_attributes=True, extra="ignore")
+
+
+class WireIn(BaseModel):
+    """What the API accepts: a misspelt field is an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class Problem(BaseModel):
     """The one error shape: stable code, human message, what to do."""
 
     code: str
+    category: str = ""
     message: str
     hint: str = ""
     details: dict[str, Any] = {}

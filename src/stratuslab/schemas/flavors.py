@@ -4,10 +4,10 @@ from datetime import datetime
 
 from pydantic import Field
 
-from stratuslab.schemas.common import Wire
+from stratuslab.schemas.common import Wire, WireIn
 
 
-class FlavorCreate(Wire):
+class FlavorCreate(WireIn):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9._-]*$")
     vcpus: int = Field(ge=1, le=1024)
     memory_mib: int = Field(ge=64, le=16 * 1024 * 1024)

@@ -5,13 +5,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from stratuslab.schemas.common import Wire
+from stratuslab.schemas.common import Wire, WireIn
 from stratuslab.schemas.operations import Operation
 
 NAME_PATTERN = r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$"
 
 
-class InstanceCreate(Wire):
+class InstanceCreate(WireIn):
     image: str = Field(min_length=1, description="image id or name")
     flavor: str | None = Field(default=None, description="flavor name; the default if absent")
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
@@ -48,7 +48,7 @@ class InstanceCreated(Wire):
     instances: list[Instance]
 
 
-class InstanceAction(Wire):
+class InstanceAction(WireIn):
     action: Literal["start", "stop", "reboot"]
     hard: bool = False
 
