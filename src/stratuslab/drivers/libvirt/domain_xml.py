@@ -1,0 +1,146 @@
+"""Build libvirt domain XML from a :class:`DomainSpec`.
+
+The shape, top to bottom::
+
+    <domain type='qemu|kvm' xmlns:qemu=...>
+      name, uuid, metadata, memory, vcpu
+      <os> hvm on machine 'pc', SeaBIOS mirrored on the serial port
+      <features> acpi (so ACPI shutdown works), TCG translation-cache size
+      on_poweroff/on_reboot/on_crash
+      <devices> disks (first disk boots), serial console logged by virtlogd, virtio RNG
+      <qemu:commandline> user-mode NIC: -netdev user,restrict=on,hostfwd=... -device virtio-net
+
+Networking bypasses libvirt's ``<interface>`` on purpose: QEMU's user-mode stack with
+``restrict=on`` gives the guest DHCP and the forwarded ports and no route anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import xml.etree.ElementTree as ET
+
+from stratuslab.drivers.base import DiskSpec, DomainSpec, PortForward
+from stratuslab.types import Hypervisor
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+STRATUS_NS = "https://stratuslab.org/xmlns/domain/1.0"
+#: The NIC lives outside libvirt's address allocation: a PCI slot libvirt will not reach.
+NIC_PCI_ADDR = "0x1e"
+NETDEV_ID = "stratusnet0"
+
+
+def domain_xml(spec: DomainSpec) -> str:
+    """The libvirt XML for ``spec``, indented, without an XML declaration."""
+    ET.register_namespace("qemu", QEMU_NS)
+    ET.register_namespace("stratus", STRATUS_NS)
+    root = ET.Element("domain", type=spec.hypervisor.value)
+    _text(root, "name", spec.name)
+    _text(root, "uuid", spec.uuid)
+    root.append(_metadata(spec))
+    _text(root, "memory", str(spec.memory_mib), unit="MiB")
+    _text(root, "vcpu", str(spec.vcpus))
+    root.append(_os(spec))
+    root.append(_features(spec))
+    _text(root, "on_poweroff", "destroy")
+    _text(root, "on_reboot", "restart")
+    _text(root, "on_crash", "destroy")
+    root.append(_devices(spec))
+    if spec.user_network:
+        root.append(_qemu_commandline(user_network_args(spec)))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def user_network_args(spec: DomainSpec) -> list[str]:
+    """QEMU arguments for the user-mode NIC with ``spec``'s port forwards."""
+    netdev = ",".join(
+        [f"user,id={NETDEV_ID}", "restrict=on", *map(_hostfwd, spec.port_forwards)]
+    )
+    nic = ",".join(
+        [
+            f"virtio-net-pci,netdev={NETDEV_ID}",
+            f"mac={spec.mac or mac_for(spec.uuid)}",
+            "romfile=",  # no iPXE option ROM: we never boot from the network
+            f"bus=pci.0,addr={NIC_PCI_ADDR}",
+        ]
+    )
+    return ["-netdev", netdev, "-device", nic]
+
+
+def mac_for(uuid: str) -> str:
+    """A stable locally administered MAC (QEMU's 52:54:00 prefix) derived from ``uuid``."""
+    digest = hashlib.sha256(uuid.encode()).digest()
+    return "52:54:00:" + ":".join(f"{byte:02x}" for byte in digest[:3])
+
+
+def _hostfwd(forward: PortForward) -> str:
+    return (
+        f"hostfwd={forward.protocol}:{forward.host_addr}:{forward.host_port}"
+        f"-:{forward.guest_port}"
+    )
+
+
+def _metadata(spec: DomainSpec) -> ET.Element:
+    metadata = ET.Element("metadata")
+    instance = ET.SubElement(metadata, f"{{{STRATUS_NS}}}instance", uuid=spec.uuid)
+    for key, value in sorted(spec.metadata.items()):
+        _text(instance, f"{{{STRATUS_NS}}}meta", value, key=key)
+    return metadata
+
+
+def _os(spec: DomainSpec) -> ET.Element:
+    os_ = ET.Element("os")
+    _text(os_, "type", "hvm", arch=spec.arch, machine="pc")
+    ET.SubElement(os_, "bios", useserial="yes")  # SeaBIOS messages on the serial console
+    return os_
+
+
+def _features(spec: DomainSpec) -> ET.Element:
+    features = ET.Element("features")
+    ET.SubElement(features, "acpi")
+    if spec.hypervisor is Hypervisor.QEMU:
+        tcg = ET.SubElement(features, "tcg")
+        _text(tcg, "tb-cache", str(spec.tcg_tb_size_mib), unit="MiB")
+    return features
+
+
+def _devices(spec: DomainSpec) -> ET.Element:
+    devices = ET.Element("devices")
+    boots_set = any(disk.boot_order is not None for disk in spec.disks)
+    for index, disk in enumerate(spec.disks):
+        boot_order = disk.boot_order if boots_set else (1 if index == 0 else None)
+        devices.append(_disk(disk, boot_order))
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "log", file=str(spec.console_log), append="on")
+    ET.SubElement(serial, "target", port="0")
+    console = ET.SubElement(devices, "console", type="pty")
+    ET.SubElement(console, "target", type="serial", port="0")
+    rng = ET.SubElement(devices, "rng", model="virtio")
+    _text(rng, "backend", "/dev/urandom", model="random")
+    ET.SubElement(devices, "memballoon", model="none")
+    return devices
+
+
+def _disk(disk: DiskSpec, boot_order: int | None) -> ET.Element:
+    element = ET.Element("disk", type="file", device=disk.device)
+    ET.SubElement(element, "driver", name="qemu", type=disk.format)
+    ET.SubElement(element, "source", file=str(disk.path))
+    ET.SubElement(element, "target", dev=disk.target, bus=disk.bus)
+    if boot_order is not None:
+        ET.SubElement(element, "boot", order=str(boot_order))
+    if disk.readonly or disk.device == "cdrom":
+        ET.SubElement(element, "readonly")
+    return element
+
+
+def _qemu_commandline(args: list[str]) -> ET.Element:
+    commandline = ET.Element(f"{{{QEMU_NS}}}commandline")
+    for arg in args:
+        ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
+    return commandline
+
+
+def _text(parent: ET.Element, tag: str, text: str, **attrib: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attrib)
+    element.text = text
+    return element
