@@ -102,8 +102,12 @@ def test_invalid_field_is_named(api: TestClient) -> None:
 
 
 def test_unknown_ids_give_404_with_hint(api: TestClient) -> None:
-    for path in ("/api/v1/instances/nope", "/api/v1/images/nope", "/api/v1/operations/nope",
-                 "/api/v1/hosts/nope"):
+    for path in (
+        "/api/v1/instances/nope",
+        "/api/v1/images/nope",
+        "/api/v1/operations/nope",
+        "/api/v1/hosts/nope",
+    ):
         resp = api.get(path)
         assert resp.status_code == 404, path
         assert error(resp)["hint"]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from stratuslab.drivers.fake import FakeComputeDriver
 
 from stratuslab.agent.controller import ControllerLink
 from stratuslab.agent.image_cache import FakeImageCache
@@ -22,6 +21,7 @@ from stratuslab.agent.reconcile import Reconciler
 from stratuslab.agent.workspace import FakeWorkspace
 from stratuslab.api.app import build_ctx, create_app
 from stratuslab.config import ControllerSettings
+from stratuslab.drivers.fake import FakeComputeDriver
 from stratuslab.schemas.agent import JoinRequest
 from stratuslab.services.context import UnitOfWork
 from stratuslab.services.instances import place_pending
@@ -236,7 +236,20 @@ def test_unknown_domains_on_a_host_are_fenced(api: TestClient, node: Node, image
         )
     )
     node.driver.start(stray)
+    node.workspace._states[stray] = {}  # this host's files say the instance is its own
+    other = "0c6f1a2e-0000-4000-8000-000000000002"
+    node.driver.define(
+        DomainSpec(
+            uuid=other,
+            name=f"stratus-{other}",
+            vcpus=1,
+            memory_mib=128,
+            disks=(),
+            console_log=Path("/dev/null"),
+        )
+    )
     node.settle()
+    assert node.driver.state(other) is not PowerState.MISSING  # another agent's: untouched
     assert node.driver.state(stray) is PowerState.MISSING
 
 

@@ -222,10 +222,14 @@ class Reconciler:
     # -- the whole host -----------------------------------------------------------------
 
     def collect_garbage(self, keep: set[str]) -> list[AgentEvent]:
-        """Destroy domains and files of instances this host must not have (fencing)."""
+        """Destroy what this host has of instances it must not have (fencing).
+
+        Ownership is the workspace: an instance directory exists before its domain is defined
+        and is removed after it is undefined, so domains of other agents sharing the same
+        libvirt daemon are never touched.
+        """
         events: list[AgentEvent] = []
-        names = {d.uuid for d in self.driver.list_domains()}
-        for instance_id in (names | self.workspace.instance_ids()) - keep:
+        for instance_id in sorted(self.workspace.instance_ids() - keep):
             self._cleanup(instance_id)
             self._stopping.pop(instance_id, None)
             self._failed.pop(instance_id, None)
@@ -233,7 +237,6 @@ class Reconciler:
                 AgentEvent(
                     kind="host.fenced",
                     level="warning",
-                    instance_id=None,
                     message=f"removed instance {instance_id}: not assigned to this host",
                 )
             )

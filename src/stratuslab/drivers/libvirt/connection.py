@@ -63,11 +63,12 @@ def error_code(exc: BaseException) -> int | None:
 
 
 def _is_unreachable(exc: Any) -> bool:
+    """A transport failure (daemon gone, socket closed), not an error of the request."""
     libvirt = load_libvirt()
-    return exc.get_error_code() in (
-        libvirt.VIR_ERR_NO_CONNECT,
-        libvirt.VIR_ERR_SYSTEM_ERROR,
-    ) or exc.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE)
+    return exc.get_error_code() == libvirt.VIR_ERR_NO_CONNECT or exc.get_error_domain() in (
+        libvirt.VIR_FROM_RPC,
+        libvirt.VIR_FROM_REMOTE,
+    )
 
 
 class Connection:
