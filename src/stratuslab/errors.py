@@ -133,6 +133,14 @@ class OperationTimeout(StratusError):
     exit_code = 10
 
 
+class VerificationError(StratusError):
+    """A signature, certificate chain, CRL or checksum did not verify."""
+
+    code = "verification_failed"
+    status = 422
+    exit_code = 11
+
+
 ERRORS_BY_CODE: dict[str, type[StratusError]] = {
     cls.code: cls
     for cls in (
@@ -147,6 +155,7 @@ ERRORS_BY_CODE: dict[str, type[StratusError]] = {
         ImageError,
         ServiceUnavailable,
         OperationTimeout,
+        VerificationError,
     )
 }
 

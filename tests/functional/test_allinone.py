@@ -21,7 +21,7 @@ pytestmark = pytest.mark.functional
 
 @pytest.fixture(scope="module")
 def tiny_image() -> Path:
-    return build_tiny(TINY_CACHE / "tiny.qcow2", cache_dir=TINY_CACHE / "debs")
+    return build_tiny(TINY_CACHE / "tiny.qcow2", cache_dir=TINY_CACHE / "tiny")
 
 
 @pytest.fixture(scope="module")

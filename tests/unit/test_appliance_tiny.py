@@ -153,7 +153,8 @@ def test_missing_extlinux_is_reported_with_the_install_hint(
 
 def test_cached_image_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tiny, "resolve_packages", lambda: PACKAGES)
-    key = tiny.cache_key(PACKAGES, tiny.read_scripts(), size_mib=256)
+    inputs = {**tiny.read_scripts(), "tiny.py": Path(tiny.__file__).read_bytes()}
+    key = tiny.cache_key(PACKAGES, inputs, size_mib=256)
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / f"tiny-{key[:16]}.qcow2").write_bytes(b"cached image")

@@ -36,6 +36,10 @@ from stratuslab.errors import DriverError, ImageError, InvalidInput
 #: ``STRATUSLAB-TINY READY hostname=<name> instance-id=<id or none>``.
 READY_MARKER = "STRATUSLAB-TINY READY"
 
+#: The Debian cloud kernel unpacks itself above 16 MiB and needs about 51 MiB there: with 64 MiB
+#: of RAM the guest resets in a loop. 96 MiB boots; give 128 MiB for headroom.
+MIN_MEMORY_MIB = 96
+
 #: Bumped whenever the layout of the image changes in a way the cache key would not see.
 BUILD_FORMAT = 1
 
@@ -115,7 +119,9 @@ def build_tiny(
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     packages = resolve_packages()
-    key = cache_key(packages, read_scripts(), size_mib=size_mib)
+    # The builder itself is an input too: a change here must not reuse an older image.
+    inputs = {**read_scripts(), "tiny.py": Path(__file__).read_bytes()}
+    key = cache_key(packages, inputs, size_mib=size_mib)
     cached = cache_dir / f"tiny-{key[:16]}.qcow2"
     if not cached.exists():
         _check_host()

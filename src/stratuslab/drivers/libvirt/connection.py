@@ -10,15 +10,13 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from types import ModuleType
 from typing import Any
 
 from stratuslab.errors import DriverError, HypervisorUnavailable
 
-START_LIBVIRTD_HINT = (
-    "start libvirtd (`virtlogd -d; libvirtd -d`) or install libvirt-daemon-system"
-)
+START_LIBVIRTD_HINT = "start libvirtd (`virtlogd -d; libvirtd -d`) or install libvirt-daemon-system"
 
 
 def load_libvirt() -> ModuleType:
@@ -115,10 +113,8 @@ class Connection:
         libvirt = load_libvirt()
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with suppress(libvirt.libvirtError):
                 conn.close()
-            except libvirt.libvirtError:
-                pass
 
 
 def _silence_default_error_handler(libvirt: ModuleType) -> None:

@@ -53,9 +53,7 @@ def domain_xml(spec: DomainSpec) -> str:
 
 def user_network_args(spec: DomainSpec) -> list[str]:
     """QEMU arguments for the user-mode NIC with ``spec``'s port forwards."""
-    netdev = ",".join(
-        [f"user,id={NETDEV_ID}", "restrict=on", *map(_hostfwd, spec.port_forwards)]
-    )
+    netdev = ",".join([f"user,id={NETDEV_ID}", "restrict=on", *map(_hostfwd, spec.port_forwards)])
     nic = ",".join(
         [
             f"virtio-net-pci,netdev={NETDEV_ID}",
@@ -75,8 +73,7 @@ def mac_for(uuid: str) -> str:
 
 def _hostfwd(forward: PortForward) -> str:
     return (
-        f"hostfwd={forward.protocol}:{forward.host_addr}:{forward.host_port}"
-        f"-:{forward.guest_port}"
+        f"hostfwd={forward.protocol}:{forward.host_addr}:{forward.host_port}-:{forward.guest_port}"
     )
 
 
