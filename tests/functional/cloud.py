@@ -54,7 +54,10 @@ class Cloud:
         self.node: subprocess.Popen[bytes] | None = None
         out = subprocess.run(
             [BIN / "stratus-controller", "init", "--data-dir", str(self.data)],
-            check=True, capture_output=True, text=True, env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+            env=self.env,
         ).stdout
         tokens = json.loads(out.strip().splitlines()[-1])
         self.admin_token: str = tokens["admin_token"]
@@ -67,8 +70,14 @@ class Cloud:
 
     def start_controller(self) -> None:
         self.controller = self._spawn(
-            [str(BIN / "stratus-controller"), "serve", "--data-dir", str(self.data),
-             "--port", str(self.port)],
+            [
+                str(BIN / "stratus-controller"),
+                "serve",
+                "--data-dir",
+                str(self.data),
+                "--port",
+                str(self.port),
+            ],
             "controller.log",
         )
         wait_for(self._healthy, 30, "the controller to answer")
@@ -124,5 +133,6 @@ def _undefine_leftovers(state: Path) -> None:
         for cmd in ("destroy", "undefine"):
             subprocess.run(
                 ["virsh", "-c", "qemu:///system", cmd, name],
-                capture_output=True, check=False,
+                capture_output=True,
+                check=False,
             )

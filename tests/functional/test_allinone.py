@@ -47,10 +47,29 @@ def cloud(tmp_path: Path, tiny_image: Path) -> Iterator[Cloud]:
 
 def ssh(port: int, key: Path, command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
-         "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5", "-o", "BatchMode=yes",
-         "-o", "LogLevel=ERROR", "root@127.0.0.1", command],
-        capture_output=True, text=True, timeout=30, check=False,
+        [
+            "ssh",
+            "-i",
+            str(key),
+            "-p",
+            str(port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "root@127.0.0.1",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 
@@ -69,8 +88,9 @@ def ssh_until_ok(port: int, key: Path, command: str, timeout: float = 90) -> str
 
 def run(cloud: Cloud, name: str, key: Path) -> tuple[str, int]:
     created = cloud.client.create_instances(
-        InstanceCreate(image="tiny", flavor="t1.micro", name=name,
-                       ssh_keys=[Path(f"{key}.pub").read_text()])
+        InstanceCreate(
+            image="tiny", flavor="t1.micro", name=name, ssh_keys=[Path(f"{key}.pub").read_text()]
+        )
     )
     return created.operation.id, int(created.instances[0].ssh_port or 0)
 
@@ -95,8 +115,12 @@ def test_boot_console_and_ssh_through_the_whole_stack(cloud: Cloud, ssh_key: Pat
     kill = cloud.client.delete_instance("hello")
     assert cloud.client.wait_operation(kill.id, timeout=60).status == "succeeded"
     assert not (cloud.state / "instances" / inst.id).exists()
-    domains = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
-                             capture_output=True, text=True, check=True).stdout
+    domains = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert f"stratus-{inst.id}" not in domains
 
 
@@ -109,8 +133,12 @@ def test_agent_killed_mid_boot_converges(cloud: Cloud, ssh_key: Path) -> None:
     op = cloud.client.wait_operation(op_id, timeout=120)
     assert op.status == "succeeded", cloud.log("node")
     assert ssh_until_ok(port, ssh_key, "hostname").strip() == "phoenix"
-    domains = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--name"],
-                             capture_output=True, text=True, check=True).stdout
+    domains = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "list", "--name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert domains.count(f"stratus-{inst_id}") == 1
 
 

@@ -19,12 +19,16 @@ from stratuslab.schemas.agent import (
 )
 
 API = "/api/v1/agent"
+#: longer than the longest long-poll the controller holds (max_wait, 60 s by default)
+READ_TIMEOUT = 120.0
 
 
 class ControllerLink:
     def __init__(self, url: str, credential: str = "", *, http: httpx.Client | None = None) -> None:
         self.url = url.rstrip("/")
-        self._http = http or httpx.Client(base_url=self.url, timeout=httpx.Timeout(30.0))
+        self._http = http or httpx.Client(
+            base_url=self.url, timeout=httpx.Timeout(READ_TIMEOUT, connect=10.0)
+        )
         if credential:
             self._http.headers["Authorization"] = f"Bearer {credential}"
 
@@ -56,9 +60,7 @@ class ControllerLink:
         self._call("POST", "/heartbeat", json=beat.model_dump())
 
     def desired(self, *, since: int, wait: float) -> DesiredState:
-        resp = self._call(
-            "GET", "/desired", params={"since": since, "wait": wait}, timeout=wait + 30.0
-        )
+        resp = self._call("GET", "/desired", params={"since": since, "wait": wait})
         return DesiredState.model_validate(resp.json())
 
     def report(self, report: Report) -> ReportAck:
@@ -70,7 +72,7 @@ class ControllerLink:
         """Stream an image to ``dest``; return its sha256."""
         digest = hashlib.sha256()
         try:
-            with self._http.stream("GET", f"{API}/images/{image_id}", timeout=600.0) as resp:
+            with self._http.stream("GET", f"{API}/images/{image_id}") as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise error_from_dict(resp.json().get("error", {}), resp.status_code)

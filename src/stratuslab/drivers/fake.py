@@ -13,6 +13,7 @@ raised before anything changes), and can act as the guest with :meth:`guest_powe
 from __future__ import annotations
 
 import threading
+import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -47,7 +48,7 @@ class FakeComputeDriver:
     ``RUNNING`` after :meth:`shutdown` (0: off at once; None: the guest ignores ACPI).
     """
 
-    __slots__ = ("_domains", "_host", "_lock", "fail_on", "shutdown_delay")
+    __slots__ = ("_domains", "_host", "_lock", "_names", "fail_on", "shutdown_delay")
 
     name = "fake"
 
@@ -64,6 +65,7 @@ class FakeComputeDriver:
     ) -> None:
         self._host = HostCapabilities(hostname, arch, vcpus, memory_mib, hypervisor)
         self._domains: dict[str, _Domain] = {}
+        self._names: dict[str, str] = {}  # name -> uuid
         self._lock = threading.Lock()
         self.shutdown_delay = shutdown_delay
         self.fail_on: set[str] = set(fail_on)
@@ -92,16 +94,20 @@ class FakeComputeDriver:
     def state(self, uuid: str) -> PowerState:
         self._maybe_fail("state")
         with self._lock:
-            dom = self._domains.get(uuid)
+            dom = self._find(uuid)
             return PowerState.MISSING if dom is None else self._poll(dom)
 
     def define(self, spec: DomainSpec) -> None:
         self._maybe_fail("define")
+        uuid = _canonical(spec.uuid)
+        if uuid is None:
+            raise DriverError(f"malformed uuid {spec.uuid!r}", hint="use a UUID like libvirt's")
         with self._lock:
-            self._check_unique(spec)
-            dom = self._domains.get(spec.uuid)
+            self._check_unique(uuid, spec.name)
+            dom = self._domains.get(uuid)
             if dom is None:
-                self._domains[spec.uuid] = _Domain(spec)
+                self._domains[uuid] = _Domain(spec)
+                self._names[spec.name] = uuid
             else:
                 dom.spec = spec
 
@@ -125,7 +131,7 @@ class FakeComputeDriver:
     def destroy(self, uuid: str) -> None:
         self._maybe_fail("destroy")
         with self._lock:
-            dom = self._domains.get(uuid)
+            dom = self._find(uuid)
             if dom is not None:
                 self._power_off(dom)
 
@@ -142,7 +148,9 @@ class FakeComputeDriver:
     def undefine(self, uuid: str) -> None:
         self._maybe_fail("undefine")
         with self._lock:
-            self._domains.pop(uuid, None)
+            dom = self._domains.pop(_canonical(uuid) or uuid, None)
+            if dom is not None:
+                del self._names[dom.spec.name]
 
     def close(self) -> None:
         """Nothing to release; domains survive, as they do with libvirt."""
@@ -169,8 +177,12 @@ class FakeComputeDriver:
                 hint="the test asked for it with fail_on",
             )
 
+    def _find(self, uuid: str) -> _Domain | None:
+        key = _canonical(uuid)
+        return None if key is None else self._domains.get(key)
+
     def _get(self, uuid: str) -> _Domain:
-        dom = self._domains.get(uuid)
+        dom = self._find(uuid)
         if dom is None:
             raise DriverError(f"no domain with uuid {uuid}", hint="define the domain first")
         return dom
@@ -183,18 +195,19 @@ class FakeComputeDriver:
             )
         return dom
 
-    def _check_unique(self, spec: DomainSpec) -> None:
-        for uuid, dom in self._domains.items():
-            if dom.spec.name == spec.name and uuid != spec.uuid:
-                raise DriverError(
-                    f"domain {spec.name} already exists with uuid {uuid}",
-                    hint="pick another name or undefine the other domain",
-                )
-            if uuid == spec.uuid and dom.spec.name != spec.name:
-                raise DriverError(
-                    f"domain {dom.spec.name} is already defined with uuid {uuid}",
-                    hint="undefine it before defining it under another name",
-                )
+    def _check_unique(self, uuid: str, name: str) -> None:
+        owner = self._names.get(name)
+        if owner is not None and owner != uuid:
+            raise DriverError(
+                f"domain {name} already exists with uuid {owner}",
+                hint="pick another name or undefine the other domain",
+            )
+        dom = self._domains.get(uuid)
+        if dom is not None and dom.spec.name != name:
+            raise DriverError(
+                f"domain {dom.spec.name} is already defined with uuid {uuid}",
+                hint="undefine it before defining it under another name",
+            )
 
     @staticmethod
     def _power_off(dom: _Domain) -> None:
@@ -211,3 +224,11 @@ class FakeComputeDriver:
             elif consume:
                 dom.shutdown_in -= 1
         return dom.state
+
+
+def _canonical(uuid: str) -> str | None:
+    """``uuid`` in libvirt's lower-case dashed form; None if it is not a UUID."""
+    try:
+        return str(uuidlib.UUID(uuid))
+    except ValueError:
+        return None

@@ -29,17 +29,10 @@ FORWARD_ADDRESS = "127.0.0.1"
 def to_wire(session: Session, rows: Iterable[models.Instance]) -> list[Instance]:
     rows = list(rows)
     host_ids = {r.host_id for r in rows if r.host_id}
-    names = (
-        dict(
-            session.execute(
-                select(models.Host.id, models.Host.name).where(models.Host.id.in_(host_ids))
-            )
-            .tuples()
-            .all()
-        )
-        if host_ids
-        else {}
-    )
+    names: dict[str, str] = {}
+    if host_ids:
+        stmt = select(models.Host.id, models.Host.name).where(models.Host.id.in_(host_ids))
+        names = {row.id: row.name for row in session.execute(stmt)}
     out = []
     for r in rows:
         item = Instance.model_validate(r)
