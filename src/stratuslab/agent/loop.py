@@ -26,6 +26,8 @@ CONSOLE_CHUNK = 64 * 1024
 BUSY_INTERVAL = 0.5
 #: keep polling fast this long after the last console output
 CONSOLE_QUIET = 15.0
+#: and this long after a domain was started, so its first console lines arrive promptly
+BOOT_WINDOW = 60.0
 
 
 def host_capacity(driver: ComputeDriver, state_dir: Path, hostname: str = "") -> HostCapacity:
@@ -48,7 +50,6 @@ class ConsoleTailer:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self.offsets: dict[str, int] = {}
-        self.last_output = 0.0
 
     def chunks(self, instance_ids: list[str]) -> list[ConsoleChunk]:
         out = []
@@ -70,8 +71,6 @@ class ConsoleTailer:
     def sent(self, chunks: list[ConsoleChunk]) -> None:
         for c in chunks:
             self.offsets[c.instance_id] = c.offset + len(c.data)
-        if chunks:
-            self.last_output = time.monotonic()
 
 
 class Agent:
@@ -94,6 +93,8 @@ class Agent:
         self.console = ConsoleTailer(workspace)
         self.stopping = threading.Event()
         self.generation = -1
+        #: poll every BUSY_INTERVAL until this monotonic time
+        self.fast_until = 0.0
 
     def run(self) -> None:
         beat = threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True)
@@ -116,20 +117,25 @@ class Agent:
         """One pass: wait for a change (or ``wait`` s), converge every instance, report."""
         desired = self.link.desired(since=self.generation, wait=wait)
         report = Report()
-        busy = False
+        now = time.monotonic()
         for inst in desired.instances:
             result = self.reconciler.converge(inst)
             report.instances.append(result.observed)
             report.events.extend(result.events)
-            busy = busy or result.busy
+            if result.busy:
+                self.fast_until = max(self.fast_until, now + BUSY_INTERVAL)
+            if any(e.kind in ("instance.started", "instance.rebooted") for e in result.events):
+                self.fast_until = max(self.fast_until, now + BOOT_WINDOW)
         keep = {i.id for i in desired.instances}
         report.events.extend(self.reconciler.collect_garbage(keep))
         live = [i.id for i in desired.instances if i.desired != "deleted"]
         report.console = self.console.chunks(live)
         self.link.report(report)
         self.console.sent(report.console)
+        if report.console:
+            self.fast_until = max(self.fast_until, time.monotonic() + CONSOLE_QUIET)
         self.generation = desired.generation
-        return busy or time.monotonic() - self.console.last_output < CONSOLE_QUIET
+        return time.monotonic() < self.fast_until
 
     def _heartbeats(self) -> None:
         while not self.stopping.is_set():

@@ -35,6 +35,7 @@ class LocalWorkspace:
         self.root.mkdir(parents=True, exist_ok=True)
         for p in (root, self.root):
             p.chmod(0o755)  # QEMU (user libvirt-qemu) must reach the disks
+        check_traversable(self.root)
 
     def dir(self, instance_id: str) -> Path:
         return self.root / instance_id
@@ -84,6 +85,18 @@ class LocalWorkspace:
         tmp = d / "state.json.tmp"
         tmp.write_text(json.dumps(state))
         tmp.replace(d / "state.json")
+
+
+def check_traversable(path: Path) -> None:
+    """QEMU runs as an unprivileged user: every directory above the disks must let it pass."""
+    for directory in [path.resolve(), *path.resolve().parents]:
+        if not directory.stat().st_mode & 0o001:
+            raise DriverError(
+                f"{directory} is not searchable by other users, so QEMU (user libvirt-qemu) "
+                "cannot reach the instance disks below it",
+                hint=f"chmod o+x {directory}, or choose another --state-dir",
+                code="state_dir_not_traversable",
+            )
 
 
 def _overlay(base: Path, base_format: str, dest: Path) -> None:

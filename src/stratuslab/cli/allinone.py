@@ -100,7 +100,9 @@ data_dir_option = click.option(
 def up(app: AppContext, data_dir: Path | None, port: int, database_url: str) -> None:
     """Start a cloud on this machine: a controller and one node (resumes a partial one)."""
     local = LocalCloud((data_dir or default_data_dir()).resolve(), app.bin_dir)
-    local.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # 0711: QEMU (user libvirt-qemu) must traverse it to reach disks; secrets inside are 0600.
+    local.data_dir.mkdir(parents=True, exist_ok=True)
+    local.data_dir.chmod(0o711)
     started, endpoint, admin_token, join_token = _ensure_controller(app, local, port, database_url)
     with app.client_for(endpoint, admin_token) as client:
         _wait_healthy(app, local, client)

@@ -27,11 +27,11 @@ def dn_string(name: x509.Name) -> str:
     return "".join(parts)
 
 
-def _short_name(attr: x509.NameAttribute[str] | x509.NameAttribute[bytes]) -> str:
+def _short_name(attr: x509.NameAttribute[str | bytes]) -> str:
     return _SHORT_NAMES.get(attr.oid, attr.rfc4514_attribute_name)
 
 
-def _value(attr: x509.NameAttribute[str] | x509.NameAttribute[bytes]) -> str:
+def _value(attr: x509.NameAttribute[str | bytes]) -> str:
     value = attr.value
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import io
 import json
 import lzma
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -68,9 +68,7 @@ Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_RE.pattern)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Short = Annotated[str, StringConstraints(min_length=1, max_length=255)]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
-Location = Annotated[
-    str, StringConstraints(pattern=r"^[a-z][a-z0-9+.-]*:\S+$", max_length=2048)
-]
+Location = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9+.-]*:\S+$", max_length=2048)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Kind = Literal["machine", "disk"]
 Compression = Literal["gz", "bz2", "xz"]
@@ -248,11 +246,7 @@ def schema_text() -> str:
 
 # --- building an entry from an image file -------------------------------------------------
 
-_OPENERS: dict[str, Callable[[Path], IO[bytes]]] = {
-    "gz": lambda p: gzip.open(p, "rb"),
-    "bz2": lambda p: bz2.open(p, "rb"),
-    "xz": lambda p: lzma.open(p, "rb"),
-}
+_COMPRESSIONS = ("gz", "bz2", "xz")
 _SUFFIXES = {".gz": "gz", ".bz2": "bz2", ".xz": "xz"}
 
 
@@ -276,10 +270,14 @@ def file_digests(path: Path, compression: str | None = None) -> tuple[int, Check
     return size, Checksums(**{name: h.hexdigest() for name, h in hashers.items()})
 
 
-def _open(path: Path, compression: str | None) -> IO[bytes]:
-    if compression is None:
-        return path.open("rb")
-    return _OPENERS[compression](path)
+def _open(path: Path, compression: str | None) -> io.BufferedIOBase:
+    if compression == "gz":
+        return gzip.GzipFile(path, "rb")
+    if compression == "bz2":
+        return bz2.BZ2File(path, "rb")
+    if compression == "xz":
+        return lzma.LZMAFile(path, "rb")
+    return path.open("rb")
 
 
 def build_metadata(image_path: Path, **fields: Any) -> ImageMetadata:
@@ -292,7 +290,7 @@ def build_metadata(image_path: Path, **fields: Any) -> ImageMetadata:
     """
     path = Path(image_path)
     compression = fields.get("compression", _SUFFIXES.get(path.suffix))
-    if compression is not None and compression not in _OPENERS:
+    if compression is not None and compression not in _COMPRESSIONS:
         raise InvalidInput(
             f"compression {compression!r} is not supported", hint="use gz, bz2, xz or none"
         )
