@@ -9,6 +9,9 @@ suite absorbs them:
   console log and real boots are covered by ``tests/functional/test_libvirt_driver.py``.
 * libvirt reports the host's CPU model as ``arch`` (``i686`` for the test driver); the
   suite only checks that capabilities are plausible.
+* ``test:///default`` forgets its domains when its last connection closes (a real daemon
+  does not); the fixture holds a second connection open for the length of each test.
+* libvirt canonicalises UUIDs and rejects malformed ones; the fake does the same.
 """
 
 from __future__ import annotations

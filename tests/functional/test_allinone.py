@@ -6,7 +6,10 @@ comes back through the API and a command runs in it over SSH on the forwarded po
 
 from __future__ import annotations
 
+import secrets
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,17 +35,21 @@ def ssh_key(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def cloud(tmp_path: Path, tiny_image: Path) -> Iterator[Cloud]:
-    tmp_path.chmod(0o755)
-    c = Cloud(tmp_path, ssh_port_base=23000 + (abs(hash(tmp_path.name)) % 40) * 50)
-    c.start_controller()
-    c.start_node()
-    wait_for(lambda: len(c.client.list_hosts()) == 1, 60, "the node to join")
-    c.client.upload_image(tiny_image, "tiny")
+def cloud(tiny_image: Path) -> Iterator[Cloud]:
+    # QEMU runs as libvirt-qemu: the disks must sit below directories it can traverse,
+    # which pytest's private tmp_path is not.
+    root = Path(tempfile.mkdtemp(prefix="stratus-ftest-", dir="/var/tmp"))
+    root.chmod(0o755)
+    c = Cloud(root, ssh_port_base=23000 + secrets.randbelow(40) * 50)
     try:
+        c.start_controller()
+        c.start_node()
+        wait_for(lambda: len(c.client.list_hosts()) == 1, 60, "the node to join")
+        c.client.upload_image(tiny_image, "tiny")
         yield c
     finally:
         c.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def ssh(port: int, key: Path, command: str) -> subprocess.CompletedProcess[str]:

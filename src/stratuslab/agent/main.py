@@ -16,9 +16,15 @@ from stratuslab.agent.controller import ControllerLink
 from stratuslab.agent.image_cache import FakeImageCache, ImageCache
 from stratuslab.agent.loop import Agent, host_capacity
 from stratuslab.agent.reconcile import Images, Reconciler
-from stratuslab.agent.workspace import FakeWorkspace, LocalWorkspace, Workspace
+from stratuslab.agent.workspace import (
+    FakeWorkspace,
+    LocalWorkspace,
+    Workspace,
+    check_traversable,
+)
 from stratuslab.config import NodeSettings, load_node_settings
 from stratuslab.drivers.base import ComputeDriver
+from stratuslab.drivers.libvirt.kvm_probe import check_kvm_device
 from stratuslab.drivers.registry import get_compute_driver
 from stratuslab.errors import InvalidInput, StratusError
 from stratuslab.schemas.agent import JoinRequest
@@ -30,7 +36,10 @@ CREDENTIAL_FILE = "credential.json"
 def make_driver(settings: NodeSettings) -> ComputeDriver:
     if settings.driver == "fake":
         return get_compute_driver("fake", hostname=settings.hostname or "fake-host")
-    options: dict[str, Any] = {"uri": settings.libvirt_uri}
+    options: dict[str, Any] = {
+        "uri": settings.libvirt_uri,
+        "kvm_probe_cache": settings.state_dir / "kvm-probe.json",
+    }
     if settings.hypervisor:
         options["hypervisor"] = Hypervisor(settings.hypervisor)
     return get_compute_driver(settings.driver, **options)
@@ -116,6 +125,11 @@ def cli(
     }
     settings = load_node_settings(overrides={k: v for k, v in overrides.items() if v})
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if settings.driver != "fake":
+        check_traversable(settings.state_dir)  # before a join token is spent
+        problem = check_kvm_device()
+        if problem is not None:
+            logging.warning("%s", problem)
     compute = make_driver(settings)
     if join_args:
         cred = join(settings, compute, *join_args)

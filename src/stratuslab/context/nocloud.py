@@ -12,11 +12,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
 
+from stratuslab.context.spec import Nic
 from stratuslab.errors import InvalidInput
 
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -43,13 +44,19 @@ def build_nocloud(
     user_data: bytes | None = None,
     network_config: dict[str, Any] | None = None,
     vendor_data: bytes | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, bytes]:
-    """Return the seed files by name: ``meta-data``, ``user-data`` and the optional ones."""
+    """Return the seed files by name: ``meta-data``, ``user-data`` and the optional ones.
+
+    ``extra`` pairs go under ``meta`` in ``meta-data`` (cloud-init shows them to templates as
+    ``ds.meta_data.meta``), as OpenStack does with instance metadata.
+    """
     validate_instance_id(instance_id)
     validate_hostname(hostname)
     keys = [validate_ssh_key(key) for key in ssh_keys]
+    meta = meta_data(instance_id=instance_id, hostname=hostname, ssh_keys=keys, extra=extra)
     files = {
-        "meta-data": meta_data(instance_id=instance_id, hostname=hostname, ssh_keys=keys),
+        "meta-data": meta,
         "user-data": user_data if user_data is not None else default_user_data(hostname, keys),
     }
     if network_config is not None:
@@ -59,12 +66,44 @@ def build_nocloud(
     return files
 
 
-def meta_data(*, instance_id: str, hostname: str, ssh_keys: Sequence[str]) -> bytes:
+def meta_data(
+    *,
+    instance_id: str,
+    hostname: str,
+    ssh_keys: Sequence[str],
+    extra: Mapping[str, str] | None = None,
+) -> bytes:
     """The ``meta-data`` YAML document (keys already validated)."""
     doc: dict[str, Any] = {"instance-id": instance_id, "local-hostname": hostname}
     if ssh_keys:
         doc["public-keys"] = list(ssh_keys)
+    if extra:
+        doc["meta"] = dict(sorted(extra.items()))
     return _dump_yaml(doc)
+
+
+def network_config_v2(nics: Sequence[Nic]) -> dict[str, Any]:
+    """Network config version 2 (the netplan subset cloud-init renders on any distribution).
+
+    Interfaces are matched by MAC and named ``eth0``, ``eth1``... in the order given.
+    """
+    ethernets: dict[str, Any] = {}
+    for index, nic in enumerate(nics):
+        name = f"eth{index}"
+        entry: dict[str, Any] = {"match": {"macaddress": nic.mac}, "set-name": name}
+        if nic.address is None:
+            entry["dhcp4"] = True
+        else:
+            entry["dhcp4"] = False
+            entry["addresses"] = [str(nic.address)]
+            if nic.gateway is not None:
+                entry["routes"] = [{"to": "0.0.0.0/0", "via": str(nic.gateway)}]
+        if nic.dns:
+            entry["nameservers"] = {"addresses": [str(server) for server in nic.dns]}
+        if nic.mtu is not None:
+            entry["mtu"] = nic.mtu
+        ethernets[name] = entry
+    return {"version": 2, "ethernets": ethernets}
 
 
 def default_user_data(hostname: str, ssh_keys: Sequence[str]) -> bytes:

@@ -235,8 +235,23 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def schema_json() -> dict[str, Any]:
     """The published JSON Schema of a metadata entry."""
-    schema = ImageMetadata.model_json_schema(mode="validation")
+    schema = _without_nulls(ImageMetadata.model_json_schema(mode="validation"))
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": SCHEMA_ID, **schema}
+
+
+def _without_nulls(node: Any) -> Any:
+    """Optional fields are omitted, never ``null``, in canonical documents: say so."""
+    if isinstance(node, list):
+        return [_without_nulls(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    result = {k: _without_nulls(v) for k, v in node.items() if not (k == "default" and v is None)}
+    options = result.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [o for o in options if o != {"type": "null"}]
+        del result["anyOf"]
+        result = {**rest[0], **result} if len(rest) == 1 else {**result, "anyOf": rest}
+    return result
 
 
 def schema_text() -> str:
