@@ -59,10 +59,7 @@ class CA:
         )
         for serial, when in self.revoked:
             builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder()
-                .serial_number(serial)
-                .revocation_date(when)
-                .build()
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
             )
         return builder.sign(self.key, hashes.SHA256())
 

@@ -153,8 +153,7 @@ def test_missing_extlinux_is_reported_with_the_install_hint(
 
 def test_cached_image_is_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tiny, "resolve_packages", lambda: PACKAGES)
-    inputs = {**tiny.read_scripts(), "tiny.py": Path(tiny.__file__).read_bytes()}
-    key = tiny.cache_key(PACKAGES, inputs, size_mib=256)
+    key = tiny.cache_key(PACKAGES, tiny.builder_inputs(), size_mib=256)
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / f"tiny-{key[:16]}.qcow2").write_bytes(b"cached image")

@@ -45,8 +45,14 @@ def test_round_trip(seed: int) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "MMZu9WvwKIro-rtBQfDk4PsKO7", "MMZu9WvwKIro-rtBQfDk4PsKO7__", "QMZu9WvwKIro-rtBQfDk4PsKO7_",
-     "MMZu9WvwKIro+rtBQfDk4PsKO7_", "MMZu9WvwKIro=rtBQfDk4PsKO7_"],
+    [
+        "",
+        "MMZu9WvwKIro-rtBQfDk4PsKO7",
+        "MMZu9WvwKIro-rtBQfDk4PsKO7__",
+        "QMZu9WvwKIro-rtBQfDk4PsKO7_",
+        "MMZu9WvwKIro+rtBQfDk4PsKO7_",
+        "MMZu9WvwKIro=rtBQfDk4PsKO7_",
+    ],
 )
 def test_invalid_identifiers(bad: str) -> None:
     assert not is_identifier(bad)

@@ -72,7 +72,7 @@ def test_build_hashes_decompressed_content(
 def test_build_refuses_corrupt_compressed_file(tmp_path: Path) -> None:
     path = tmp_path / "disk.img.gz"
     path.write_bytes(b"not gzip at all")
-    with pytest.raises(InvalidInput, match="cannot read .* as gz data"):
+    with pytest.raises(InvalidInput, match=r"cannot read .* as gz data"):
         _meta(path)
 
 
@@ -91,7 +91,7 @@ def test_build_identifier_mismatch_names_both(image: Path) -> None:
 
 
 def test_build_checksum_and_size_mismatch(image: Path) -> None:
-    with pytest.raises(InvalidInput, match="checksums.sha256"):
+    with pytest.raises(InvalidInput, match=r"checksums.sha256"):
         _meta(image, checksums={"sha256": "0" * 64})
     with pytest.raises(InvalidInput, match="does not match the file size"):
         _meta(image, bytes=1)
@@ -203,7 +203,7 @@ def test_non_canonical_refused(image: Path, reformat: object) -> None:
 def test_schema_file_is_up_to_date() -> None:
     assert SCHEMA_FILE.read_text(encoding="utf-8") == schema_text(), (
         "regenerate: python -c 'from stratuslab.marketplace.metadata import schema_text; "
-        "print(schema_text(), end=\"\")' > src/stratuslab/marketplace/metadata.schema.json"
+        'print(schema_text(), end="")\' > src/stratuslab/marketplace/metadata.schema.json'
     )
 
 

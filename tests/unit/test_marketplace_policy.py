@@ -85,7 +85,7 @@ def test_policy_matrix(policy: SitePolicy, entry: PolicyEntry | None, rule: str 
 
 
 def test_deprecation_reason_is_in_the_message() -> None:
-    with pytest.raises(Forbidden, match="jane@example.org deprecated it: CVE-2026-1"):
+    with pytest.raises(Forbidden, match=r"jane@example.org deprecated it: CVE-2026-1"):
         check(DEPRECATED, IMAGE, SitePolicy())
 
 

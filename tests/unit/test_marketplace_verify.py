@@ -132,7 +132,7 @@ def test_expired_ca_is_refused(tmp_path: Path, image: Path) -> None:
     install(tmp_path / "certs", root)
     key = make_endorser(root, not_before=NOW - 800 * DAY, not_after=NOW + DAY)
     signed = entry_for(image, key)
-    with pytest.raises(VerificationError, match="Old CA.*expired at"):
+    with pytest.raises(VerificationError, match=r"Old CA.*expired at"):
         verify_entry(signed.metadata, signed.signature, TrustStore.load(tmp_path / "certs"),
                      at=NOW)  # fmt: skip
 

@@ -176,7 +176,9 @@ def run(
             f"{args[0]} is not installed", hint=INSTALL_HINTS.get(args[0], "install it")
         ) from exc
     except subprocess.TimeoutExpired as exc:
-        raise DriverError(f"{args[0]} took more than {timeout:.0f} s", hint="check the host") from exc
+        raise DriverError(
+            f"{args[0]} took more than {timeout:.0f} s", hint="check the host"
+        ) from exc
     if done.returncode != 0:
         raise DriverError(
             f"{' '.join(args)} failed with status {done.returncode}: {done.stderr.strip()[-500:]}",

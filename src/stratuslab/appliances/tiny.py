@@ -16,20 +16,23 @@ Debian mirror, e2fsprogs, extlinux, syslinux-common and qemu-utils. The result i
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from stratuslab.appliances import disk
+from stratuslab.appliances.disk import copy_atomically as _copy_atomically
+from stratuslab.appliances.disk import extlinux_conf as extlinux_conf  # re-exported
+from stratuslab.appliances.disk import mbr as mbr  # re-exported
+from stratuslab.appliances.disk import run as _run
 from stratuslab.errors import DriverError, ImageError, InvalidInput
 
 #: The line the guest prints on its serial console once SSH answers and the seed was applied:
@@ -71,22 +74,8 @@ KERNEL_MODULES = (
 DROPBEAR_BINARIES = ("usr/sbin/dropbear", "usr/bin/dropbearkey")
 SCRIPTS_DIR = Path(__file__).with_name("tiny")
 SCRIPT_NAMES = ("initramfs-init", "rcS", "rcK", "inittab", "udhcpc.script", "acpi-power")
-MBR_CANDIDATES = (Path("/usr/lib/syslinux/mbr/mbr.bin"), Path("/usr/lib/EXTLINUX/mbr.bin"))
-PARTITION_START_SECTOR = 2048
-SECTOR = 512
 MIN_SIZE_MIB = 64
-
-_INSTALL_HINTS = {
-    "apt-get": "run on Debian with apt configured",
-    "apt-cache": "run on Debian with apt configured",
-    "dpkg-deb": "apt-get install dpkg",
-    "mkfs.ext4": "apt-get install e2fsprogs",
-    "extlinux": "apt-get install extlinux syslinux-common",
-    "losetup": "apt-get install mount",
-    "mount": "apt-get install mount",
-    "umount": "apt-get install mount",
-    "qemu-img": "apt-get install qemu-utils",
-}
+_TOOLS = ("apt-get", "apt-cache", "dpkg-deb", *disk.DISK_TOOLS)
 
 Progress = Callable[[str], None]
 
@@ -119,12 +108,10 @@ def build_tiny(
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     packages = resolve_packages()
-    # The builder itself is an input too: a change here must not reuse an older image.
-    inputs = {**read_scripts(), "tiny.py": Path(__file__).read_bytes()}
-    key = cache_key(packages, inputs, size_mib=size_mib)
+    key = cache_key(packages, builder_inputs(), size_mib=size_mib)
     cached = cache_dir / f"tiny-{key[:16]}.qcow2"
     if not cached.exists():
-        _check_host()
+        disk.check_tools(_TOOLS, what="the tiny appliance")
         say(f"building tiny appliance {cached.name}")
         debs = download_debs(packages, cache_dir / "debs", say)
         _build_image(cached, debs=debs, key=key, size_mib=size_mib, work_parent=cache_dir, say=say)
@@ -138,38 +125,6 @@ def build_tiny(
 def kernel_cmdline(root_uuid: str) -> str:
     """The kernel command line: serial console last (it becomes /dev/console), quiet boot."""
     return f"root=UUID={root_uuid} console=tty0 console=ttyS0,115200n8 quiet loglevel=3 panic=10"
-
-
-def extlinux_conf(cmdline: str) -> str:
-    """The boot loader configuration: boot the only entry at once, echo to serial port 0."""
-    return (
-        "SERIAL 0 115200\n"
-        "DEFAULT tiny\n"
-        "PROMPT 0\n"
-        "TIMEOUT 0\n"
-        "LABEL tiny\n"
-        "  LINUX /boot/vmlinuz\n"
-        "  INITRD /boot/initrd.img\n"
-        f"  APPEND {cmdline}\n"
-    )
-
-
-def mbr(boot_code: bytes, *, start: int, sectors: int) -> bytes:
-    """A 512-byte MBR: boot code, then one bootable Linux partition (type 0x83), then 55AA."""
-    if len(boot_code) > 440:
-        raise ImageError(
-            f"MBR boot code is {len(boot_code)} bytes, more than 440",
-            hint="use syslinux-common's mbr.bin",
-        )
-    entry = (
-        b"\x80"
-        + _chs(start)
-        + b"\x83"
-        + _chs(start + sectors - 1)
-        + start.to_bytes(4, "little")
-        + sectors.to_bytes(4, "little")
-    )
-    return boot_code.ljust(446, b"\0") + entry + bytes(48) + b"\x55\xaa"
 
 
 def module_depends(ko: bytes) -> list[str]:
@@ -215,6 +170,15 @@ def cache_key(packages: Sequence[Package], scripts: Mapping[str, bytes], *, size
         "modules": list(KERNEL_MODULES),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def builder_inputs() -> dict[str, bytes]:
+    """The guest scripts and the builder's own code: a change in any must not reuse an image."""
+    return {
+        **read_scripts(),
+        "tiny.py": Path(__file__).read_bytes(),
+        "disk.py": Path(disk.__file__).read_bytes(),
+    }
 
 
 def read_scripts() -> dict[str, bytes]:
@@ -309,14 +273,9 @@ def _build_image(
         _assemble_root(staging, root, root_uuid)
         raw = work / "disk.raw"
         say("making disk and installing extlinux")
-        _make_disk(raw, root, size_mib=size_mib, root_uuid=root_uuid)
+        disk.make_disk(raw, root, size_mib=size_mib, root_uuid=root_uuid, label="stratus-tiny")
         say("converting to compressed qcow2")
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        try:
-            _run(["qemu-img", "convert", "-c", "-O", "qcow2", str(raw), str(partial)])
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        disk.convert_to_qcow2(raw, target)
 
 
 def _assemble_root(staging: Path, root: Path, root_uuid: str) -> None:
@@ -490,110 +449,13 @@ def _builtin_modules(moddir: Path) -> set[str]:
     return {Path(line).stem.replace("-", "_") for line in lines}
 
 
-def _make_disk(raw: Path, root: Path, *, size_mib: int, root_uuid: str) -> None:
-    """A raw disk: MBR + one ext4 partition populated from ``root``, with extlinux installed."""
-    total = size_mib * 1024 * 1024 // SECTOR
-    sectors = total - PARTITION_START_SECTOR
-    offset = PARTITION_START_SECTOR * SECTOR
-    with raw.open("wb") as disk:
-        disk.truncate(total * SECTOR)
-        disk.write(mbr(_mbr_code(), start=PARTITION_START_SECTOR, sectors=sectors))
-    mkfs = ["mkfs.ext4", "-q", "-F", "-L", "stratus-tiny", "-U", root_uuid, "-m", "0"]
-    # extlinux 6.04 cannot load a kernel stored in extents ("I/O error"): use block maps.
-    mkfs += ["-O", "^64bit,^metadata_csum,^extent", "-E", f"offset={offset},root_owner=0:0"]
-    _run([*mkfs, "-d", str(root), str(raw), f"{sectors * SECTOR // 1024}k"])
-    with _loop_mount(raw, offset=offset, size=sectors * SECTOR) as mnt:
-        _run(["extlinux", "--install", str(mnt / "boot/extlinux")])
-
-
-def _mbr_code() -> bytes:
-    for path in MBR_CANDIDATES:
-        if path.exists():
-            return path.read_bytes()[:440]
-    raise DriverError(
-        "syslinux MBR boot code (mbr.bin) not found",
-        hint="apt-get install extlinux syslinux-common",
-    )
-
-
-@contextlib.contextmanager
-def _loop_mount(image: Path, *, offset: int, size: int) -> Iterator[Path]:
-    """Mount the partition at ``offset`` of ``image`` on a temporary directory; always clean up."""
-    device = _run(
-        ["losetup", "--find", "--show", f"--offset={offset}", f"--sizelimit={size}", str(image)]
-    ).strip()
-    try:
-        with tempfile.TemporaryDirectory(prefix="tiny-mnt-") as mnt:
-            _run(["mount", "-t", "ext4", device, mnt])
-            try:
-                yield Path(mnt)
-            finally:
-                _run(["umount", mnt])
-    finally:
-        _run(["losetup", "--detach", device])
-
-
 # --------------------------------------------------------------------------------------------
 # Small helpers
-
-
-def _check_host() -> None:
-    for tool, hint in _INSTALL_HINTS.items():
-        if shutil.which(tool) is None:
-            raise DriverError(
-                f"{tool} is not installed; it is needed to build the image", hint=hint
-            )
-    if os.geteuid() != 0:
-        raise DriverError(
-            "building the tiny appliance needs root (loop device and mount for extlinux)",
-            hint="run the build as root",
-        )
-
-
-def _run(args: Sequence[str], *, cwd: Path | None = None) -> str:
-    """Run a command, return its stdout; a failure becomes a DriverError naming the command."""
-    try:
-        done = subprocess.run(
-            list(args), cwd=cwd, capture_output=True, text=True, check=False, timeout=600
-        )
-    except FileNotFoundError as exc:
-        raise DriverError(
-            f"{args[0]} is not installed", hint=_INSTALL_HINTS.get(args[0], "install it")
-        ) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise DriverError(f"{args[0]} took more than 600 s", hint="check the host") from exc
-    if done.returncode != 0:
-        raise DriverError(
-            f"{' '.join(args)} failed with status {done.returncode}: {done.stderr.strip()[-500:]}",
-            hint=_INSTALL_HINTS.get(args[0], "see the command's error above"),
-        )
-    return done.stdout
-
-
-def _copy_atomically(source: Path, output: Path) -> None:
-    if output.exists() and output.resolve() == source.resolve():
-        return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    try:
-        shutil.copyfile(source, partial)
-        os.replace(partial, output)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _write_manifest(path: Path, packages: Sequence[Package], key: str) -> None:
     doc = {"key": key, "packages": {p.name: p.version for p in packages}}
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-
-
-def _chs(lba: int) -> bytes:
-    """CHS address of ``lba`` for 255 heads x 63 sectors, saturated at cylinder 1023."""
-    cylinder, rest = divmod(lba, 255 * 63)
-    if cylinder > 1023:
-        return b"\xfe\xff\xff"
-    head, sector = divmod(rest, 63)
-    return bytes([head, (sector + 1) | ((cylinder >> 2) & 0xC0), cylinder & 0xFF])
 
 
 def _newc_entry(

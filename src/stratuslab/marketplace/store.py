@@ -43,7 +43,11 @@ class EndorserRow:
 
 def endorser_is(endorser: str) -> ColumnElement[bool]:
     """Rows of an endorser named by email (any case) or subject DN."""
-    return or_(E.endorser_key == endorser, E.endorser_email == endorser.lower())
+    return or_(
+        E.endorser_key == endorser,
+        E.endorser_email == endorser.lower(),
+        E.endorser_dn == endorser,
+    )
 
 
 def status_is(status: EntryStatus, now: datetime) -> ColumnElement[bool]:
