@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from stratuslab.errors import Conflict, Forbidden, InvalidInput, NotFound, Verif
 from stratuslab.marketplace import service
 from stratuslab.marketplace.app import build_context
 from stratuslab.marketplace.context import MarketplaceContext, MarketplaceSettings
-from stratuslab.marketplace.models import MarketplaceEntry
+from stratuslab.marketplace.models import MarketplaceEntry, MarketplaceHead
 from stratuslab.marketplace.policy import EntryStatus, SitePolicy, check_any
 from stratuslab.marketplace.signing import SignedEntry
 from stratuslab.marketplace.store import SearchFilter
@@ -254,3 +255,31 @@ def test_lookups_that_find_nothing(mp: MarketplaceContext) -> None:
             service.get_exact(s, "MMZu9WvwKIro-rtBQfDk4PsKO7_", "x@y", NOW.replace(year=2026))
         with pytest.raises(InvalidInput, match="not a marketplace image identifier"):
             service.image_history(s, "ubuntu")
+
+
+def test_concurrent_uploads_keep_one_consistent_head(
+    mp: MarketplaceContext, tmp_path: Path, pki: Pki
+) -> None:
+    image = make_image(tmp_path / "disk.img")
+    entries = [entry_for(image, pki.jane, created=NOW - timedelta(minutes=m)) for m in range(8)]
+    outcomes: list[str] = []
+
+    def upload(signed: SignedEntry) -> None:
+        try:
+            _submit(mp, signed)
+        except Conflict:
+            outcomes.append("conflict")
+        else:
+            outcomes.append("stored")
+
+    threads = [threading.Thread(target=upload, args=(e,)) for e in entries]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 8 and "stored" in outcomes
+    with mp.sessions() as s:
+        stored = s.scalars(select(MarketplaceEntry)).all()
+        assert len(stored) == outcomes.count("stored")
+        [head] = s.scalars(select(MarketplaceHead)).all()
+        assert head.created == max(e.created for e in stored)

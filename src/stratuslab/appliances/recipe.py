@@ -119,7 +119,7 @@ class DebootstrapRecipe(_Strict):
 
 
 class TinyRecipe(_Strict):
-    """The tiny appliance (busybox + dropbear), built by :func:`stratuslab.appliances.build_tiny`."""
+    """The tiny appliance (busybox + dropbear), built by :mod:`stratuslab.appliances.tiny`."""
 
     name: Name
     version: str = Field(pattern=r"^[0-9A-Za-z.+~-]{1,32}$")
