@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.concurrency import run_in_threadpool
@@ -24,12 +25,25 @@ from stratuslab.api.routes import (
 )
 from stratuslab.config import ControllerSettings
 from stratuslab.db.session import make_engine, make_session_factory, upgrade
+from stratuslab.schemas.common import ErrorEnvelope
 from stratuslab.services import hosts as host_service
 from stratuslab.services import instances as instance_service
 from stratuslab.services.context import Ctx
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
+#: every route answers errors in the one shape (api/problems.py)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": text}
+    for status, text in (
+        (400, "Malformed request"),
+        (401, "Missing or invalid credentials"),
+        (403, "Not allowed"),
+        (404, "Unknown resource"),
+        (409, "Conflict with the current state, or no capacity"),
+        (422, "Invalid input: the message names the field"),
+    )
+}
 
 
 def build_ctx(settings: ControllerSettings, *, migrate: bool = True) -> Ctx:
@@ -83,7 +97,7 @@ def create_app(
     )
     app.state.ctx = ctx
     problems.install(app)
-    api = APIRouter(prefix=API_PREFIX)
+    api = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
     for module in (system, flavors, images, instances, operations, hosts, events, agent):
         api.include_router(module.router)
     app.include_router(api)
