@@ -16,7 +16,8 @@ CLI maps it to an exit code in exactly one place (``cli/output.py``)::
     │   └── HypervisorUnavailable  libvirt or QEMU missing
     ├── ImageError          not a disk image, checksum mismatch (422) exit 8
     ├── ServiceUnavailable  controller unreachable (503)        exit 9
-    └── OperationTimeout    the client stopped waiting          exit 10
+    ├── OperationTimeout    the client stopped waiting          exit 10
+    └── VerificationError   a signature or checksum is refused  exit 11
 
 On the wire an error is ``{"code", "category", "message", "hint", "details"}``: ``code`` is
 specific and stable (``no_hosts``), ``category`` is the class's code (``no_capacity``) so a
@@ -141,6 +142,14 @@ class VerificationError(StratusError):
     exit_code = 11
 
 
+class QuotaExceeded(StratusError):
+    """A create would take a project or user over its quota (nothing was created)."""
+
+    code = "quota_exceeded"
+    status = 409
+    exit_code = 12
+
+
 ERRORS_BY_CODE: dict[str, type[StratusError]] = {
     cls.code: cls
     for cls in (
@@ -156,6 +165,7 @@ ERRORS_BY_CODE: dict[str, type[StratusError]] = {
         ServiceUnavailable,
         OperationTimeout,
         VerificationError,
+        QuotaExceeded,
     )
 }
 

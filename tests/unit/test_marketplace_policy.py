@@ -60,7 +60,7 @@ MATRIX: list[tuple[str, SitePolicy, PolicyEntry | None, str | None]] = [
     ("expired allowed", P(refuse_expired=False), EXPIRED, None),
     ("deprecated refused", P(), DEPRECATED, "refuse_deprecated"),
     ("deprecated allowed", P(refuse_deprecated=False), DEPRECATED, None),
-    ("deprecated but expired allowed", P(refuse_expired=False), DEPRECATED, "refuse_deprecated"),
+    ("expiry relaxed, still deprecated", P(refuse_expired=False), DEPRECATED, "refuse_deprecated"),
     ("allow-listed endorser, still deprecated", P(allow_endorsers=frozenset({JANE_DN})),
      DEPRECATED, "refuse_deprecated"),
     ("allowed image, denied endorser", P(allow_images=frozenset({IMAGE}),

@@ -154,3 +154,23 @@ def test_image_cache_refuses_a_checksum_mismatch_and_keeps_nothing(tmp_path: Pat
         cache.ensure(ref)
     assert caught.value.code == "checksum_mismatch"
     assert list((tmp_path / "images").iterdir()) == []
+
+
+class AwayImages:
+    def ensure(self, ref: ImageRef) -> Path:
+        from stratuslab.errors import ServiceUnavailable
+
+        raise ServiceUnavailable("controller restarting", hint="the agent retries")
+
+
+def test_controller_away_is_not_an_instance_failure() -> None:
+    from stratuslab.errors import ServiceUnavailable
+
+    driver = FakeComputeDriver()
+    workspace = FakeWorkspace()
+    rec = Reconciler(driver, workspace, AwayImages(), hypervisor=Hypervisor.QEMU)
+    with pytest.raises(ServiceUnavailable):
+        rec.converge(desired())
+    assert workspace.instance_ids() == set()
+    rec.images = Images()
+    assert rec.converge(desired()).observed.status == "running"  # retried, not sticky-failed

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from stratuslab.agent.workspace import Workspace
 from stratuslab.drivers.base import DOMAIN_PREFIX, ComputeDriver, DomainSpec, PortForward
-from stratuslab.errors import StratusError
+from stratuslab.errors import ServiceUnavailable, StratusError
 from stratuslab.schemas.agent import AgentEvent, DesiredInstance, ImageRef, ObservedInstance
 from stratuslab.types import DesiredState, Hypervisor, InstanceStatus, PowerState
 
@@ -69,6 +69,8 @@ class Reconciler:
             if inst.desired == DesiredState.STOPPED.value:
                 return self._stop(inst)
             return self._run(inst)
+        except ServiceUnavailable:
+            raise  # the controller is away (e.g. restarting): the whole pass is retried
         except StratusError as exc:
             return self._fail(inst, str(exc))
 

@@ -78,7 +78,7 @@ ExtensionKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9.-]*:[A-Z
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Checksums(_Strict):

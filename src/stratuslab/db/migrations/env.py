@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+import stratuslab.marketplace.models  # noqa: F401  (registers the marketplace tables)
 from stratuslab.db.models import Base
 
 config = context.config
