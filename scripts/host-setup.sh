@@ -13,6 +13,9 @@ PACKAGES=(
   postgresql
   xorriso busybox-static dropbear-bin extlinux syslinux-common mtools dosfstools
   e2fsprogs cpio kmod iproute2 openssh-client procps
+  debootstrap cloud-init nasm
+  dnsmasq-base nftables iputils-ping netcat-openbsd
+  tgt xfsprogs btrfs-progs
 )
 
 missing=()
@@ -24,6 +27,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq || echo "warning: apt-get update reported errors (unreachable extra sources?)"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# cloud-init is installed for its datasource readers and schema (tests, validation): it must
+# never configure this host.
+if [ -d /etc/cloud ] && [ ! -e /etc/cloud/cloud-init.disabled ]; then
+  touch /etc/cloud/cloud-init.disabled
+  for s in cloud-init-local cloud-init cloud-config cloud-final; do
+    update-rc.d "$s" disable >/dev/null 2>&1 || true
+  done
 fi
 
 if [ ! -x .venv/bin/python ]; then

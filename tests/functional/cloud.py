@@ -95,12 +95,17 @@ class Cloud:
             args += ["--join", self.url, self.join_token]
         self.node = self._spawn(args, "node.log")
 
-    def kill(self, which: str) -> None:
+    def kill(self, which: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """End the process (SIGKILL: a crash; SIGTERM: a clean stop)."""
         proc: subprocess.Popen[bytes] | None = getattr(self, which)
         if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(sig)
         if proc is not None:
-            proc.wait(10)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
         setattr(self, which, None)
 
     def log(self, name: str) -> str:
@@ -118,8 +123,8 @@ class Cloud:
                     self.client.wait_operation(op.id, timeout=60)
         finally:
             self.client.close()
-            self.kill("node")
-            self.kill("controller")
+            self.kill("node", signal.SIGTERM)
+            self.kill("controller", signal.SIGTERM)
             _undefine_leftovers(self.state)
 
 

@@ -41,7 +41,7 @@ import json, sys
 import yaml
 from cloudinit.config.schema import SchemaValidationError, get_schema
 from cloudinit.config.schema import validate_cloudconfig_schema
-config = yaml.safe_load(sys.stdin.read())
+config = yaml.safe_load(sys.stdin.read()) or {}
 out = {"errors": [], "deprecations": []}
 try:
     validate_cloudconfig_schema(config, get_schema(), strict=True, log_details=False)
