@@ -58,6 +58,9 @@ class ControllerSettings:
     max_wait: float = 60.0
     #: seconds before an instance that cannot be placed fails
     pending_timeout: float = 600.0
+    #: CA certificates and CRLs (grid-security layout) for verifying marketplace entries;
+    #: empty: the built-in marketplace is read-only
+    trust_dir: str = ""
 
     @property
     def effective_database_url(self) -> str:

@@ -147,3 +147,14 @@ def test_unknown_route_uses_the_error_shape(api: TestClient) -> None:
     resp = api.get("/api/v1/nothing-here")
     assert resp.status_code == 404
     assert error(resp)["code"] == "not_found"
+
+
+def test_controller_serves_the_marketplace_read_only_without_a_trust_store(
+    api: TestClient,
+) -> None:
+    resp = api.get("/api/v1/marketplace/entries")
+    assert resp.status_code == 200
+    assert resp.json()["total"] == 0
+    upload = api.post("/api/v1/marketplace/entries", json={"metadata": "", "signature": ""})
+    assert upload.status_code == 503
+    assert "no trust store" in error(upload)["message"]

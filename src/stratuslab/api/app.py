@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -25,6 +26,9 @@ from stratuslab.api.routes import (
 )
 from stratuslab.config import ControllerSettings
 from stratuslab.db.session import make_engine, make_session_factory, upgrade
+from stratuslab.marketplace import api as marketplace_api
+from stratuslab.marketplace.context import MarketplaceContext, MarketplaceSettings
+from stratuslab.marketplace.truststore import TrustStoreCache
 from stratuslab.schemas.common import ErrorEnvelope
 from stratuslab.services import hosts as host_service
 from stratuslab.services import instances as instance_service
@@ -52,6 +56,17 @@ def build_ctx(settings: ControllerSettings, *, migrate: bool = True) -> Ctx:
         upgrade(engine)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return Ctx(settings=settings, sessions=make_session_factory(engine))
+
+
+def marketplace_context(ctx: Ctx) -> MarketplaceContext:
+    """The marketplace served inside the controller, on the controller's database."""
+    trust = Path(ctx.settings.trust_dir) if ctx.settings.trust_dir else None
+    settings = MarketplaceSettings(data_dir=ctx.settings.data_dir, trust_dir=trust)
+    return MarketplaceContext(
+        settings=settings,
+        sessions=ctx.sessions,
+        trust_cache=TrustStoreCache(trust) if trust is not None else None,
+    )
 
 
 def housekeeping(ctx: Ctx) -> None:
@@ -96,9 +111,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.state.marketplace = marketplace_context(ctx)
     problems.install(app)
     api = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
     for module in (system, flavors, images, instances, operations, hosts, events, agent):
         api.include_router(module.router)
+    api.include_router(marketplace_api.router)
     app.include_router(api)
     return app
