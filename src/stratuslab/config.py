@@ -58,6 +58,10 @@ class ControllerSettings:
     max_wait: float = 60.0
     #: seconds before an instance that cannot be placed fails
     pending_timeout: float = 600.0
+    #: contextualization method when a request names none: nocloud | configdrive | opennebula
+    context_method: str = "nocloud"
+    #: cloud-config schema check at creation: auto (when cloud-init is installed) | require | off
+    cloud_config_schema: str = "auto"
     #: CA certificates and CRLs (grid-security layout) for verifying marketplace entries;
     #: empty: the built-in marketplace is read-only
     trust_dir: str = ""

@@ -6,6 +6,7 @@ reconcile pass (long-poll, converge, report).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -299,3 +300,54 @@ def test_concurrent_creates_never_overcommit(api: TestClient, node: Node, image:
     placed = [i for i in api.get("/api/v1/instances").json()["items"] if i["host_id"]]
     assert sum(i["vcpus"] for i in placed) <= 4  # c1.medium = 2 vCPU, host has 4
     assert len(placed) == 2
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def test_user_data_and_context_reach_the_agent(api: TestClient, node: Node, image: dict) -> None:
+    seen: list[object] = []
+    original = node.agent.reconciler.converge
+
+    def spy(inst):  # type: ignore[no-untyped-def]
+        seen.append(inst)
+        return original(inst)
+
+    node.agent.reconciler.converge = spy  # type: ignore[method-assign]
+    cfg = b"#cloud-config\nwrite_files:\n- path: /etc/motd\n  content: hello\n"
+    run(
+        api,
+        name="ctx",
+        flavor="t1.micro",
+        user_data=_b64(cfg),
+        context_method="configdrive",
+        context={"ROLE": "worker"},
+    )
+    node.settle()
+    desired = seen[-1]
+    assert desired.context_method == "configdrive"  # type: ignore[attr-defined]
+    assert desired.context == {"ROLE": "worker"}  # type: ignore[attr-defined]
+    assert desired.user_data == _b64(cfg)  # type: ignore[attr-defined]
+    assert inst(api, "ctx")["context_method"] == "configdrive"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"user_data": "not base64!"}, "invalid_user_data"),
+        ({"context_method": "floppy"}, "invalid_input"),
+        ({"context": {"bad key": "x"}}, "invalid_input"),
+        ({"user_data": _b64(os.urandom(20000))}, "user_data_too_large"),
+        ({"user_data": _b64(b"#cloud-config\nruncmd: {oops: [\n")}, "invalid_cloud_config"),
+    ],
+)
+def test_bad_context_is_refused_before_anything_is_created(
+    api: TestClient, node: Node, image: dict, body: dict, code: str
+) -> None:
+    resp = api.post("/api/v1/instances", json={"image": "base", **body})
+    assert resp.status_code == 422, resp.text
+    assert error(resp)["code"] == code
+    assert api.get("/api/v1/instances").json()["total"] == 0

@@ -7,17 +7,29 @@ leaves either nothing or a complete file.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
+from stratuslab.context.build import build_context
 from stratuslab.context.iso import write_seed_iso
-from stratuslab.context.nocloud import build_nocloud
+from stratuslab.context.spec import ContextMethod, ContextSpec
 from stratuslab.drivers.base import DiskSpec
 from stratuslab.errors import DriverError
 from stratuslab.schemas.agent import DesiredInstance
+
+
+def context_spec(inst: DesiredInstance) -> ContextSpec:
+    return ContextSpec(
+        instance_id=inst.id,
+        hostname=inst.hostname,
+        ssh_keys=tuple(inst.ssh_keys),
+        user_data=base64.b64decode(inst.user_data) if inst.user_data else None,
+        extra=dict(inst.context),
+    )
 
 
 class Workspace(Protocol):
@@ -55,13 +67,8 @@ class LocalWorkspace:
             _overlay(base, inst.image.format, root)
         seed = d / "seed.iso"
         if not seed.exists():
-            files = build_nocloud(
-                instance_id=inst.id,
-                hostname=inst.hostname,
-                ssh_keys=inst.ssh_keys,
-                user_data=inst.user_data.encode() if inst.user_data is not None else None,
-            )
-            write_seed_iso(files, seed)
+            label, files = build_context(ContextMethod(inst.context_method), context_spec(inst))
+            write_seed_iso(files, seed, label=label)
         return (
             DiskSpec(path=root, format="qcow2", target="vda", boot_order=1),
             DiskSpec(path=seed, format="raw", target="vdb", readonly=True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -12,6 +13,8 @@ import click
 from stratuslab.cli import output
 from stratuslab.cli.context import AppContext, json_option, pass_app
 from stratuslab.cli.progress import wait
+from stratuslab.context.spec import parse_pair
+from stratuslab.context.userdata import build_user_data, check_user_data_size, load_part
 from stratuslab.errors import Conflict, InvalidInput, StratusError
 from stratuslab.schemas.instances import Instance, InstanceCreate
 from stratuslab.schemas.operations import Operation
@@ -35,6 +38,15 @@ timeout_option = click.option(
 refs_argument = click.argument("refs", metavar="ID...", nargs=-1, required=True)
 
 
+def encode_user_data(args: tuple[str, ...]) -> str | None:
+    """Build the user data from FILE[:TYPE] arguments (MIME multipart for several), base64."""
+    if not args:
+        return None
+    payload = build_user_data([load_part(arg) for arg in args])
+    check_user_data_size(payload)
+    return base64.b64encode(payload).decode()
+
+
 @click.command()
 @click.argument("image")
 @click.option("-t", "--type", "flavor", help="Flavor (instance type); the default if absent.")
@@ -48,8 +60,23 @@ refs_argument = click.argument("refs", metavar="ID...", nargs=-1, required=True)
 )
 @click.option(
     "--user-data",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="cloud-init user data file.",
+    "user_data",
+    multiple=True,
+    metavar="FILE[:TYPE]",
+    help="User data file, repeatable: several are sent as MIME multipart. TYPE is "
+    "cloud-config, x-shellscript, cloud-boothook, ... (guessed from the first line).",
+)
+@click.option(
+    "--context",
+    "context_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Free context pair passed to the guest (repeatable).",
+)
+@click.option(
+    "--context-method",
+    type=click.Choice(["nocloud", "configdrive", "opennebula"]),
+    help="How the guest reads its context (default: the site's).",
 )
 @click.option("--name", help="Instance name.")
 @click.option("-n", "--count", type=click.IntRange(1, 100), default=1, show_default=True)
@@ -62,7 +89,9 @@ def run(
     image: str,
     flavor: str | None,
     keys: tuple[Path, ...],
-    user_data: Path | None,
+    user_data: tuple[str, ...],
+    context_pairs: tuple[str, ...],
+    context_method: str | None,
     name: str | None,
     count: int,
     no_wait: bool,
@@ -75,7 +104,9 @@ def run(
         name=name,
         count=count,
         ssh_keys=read_keys(keys or default_keys()),
-        user_data=user_data.read_text() if user_data is not None else None,
+        user_data=encode_user_data(user_data),
+        context=dict(parse_pair(p) for p in context_pairs),
+        context_method=context_method,
     )
     if not spec.ssh_keys:
         output.info(app, "note: no SSH key given and none found in ~/.ssh; pass --key FILE")

@@ -50,7 +50,10 @@ class DesiredInstance(Wire):
     image: ImageRef
     ssh_port: int | None
     ssh_keys: list[str]
+    #: base64 of the user data
     user_data: str | None
+    context_method: str = "nocloud"
+    context: dict[str, str] = Field(default_factory=dict)
     reboot_seq: int
     reboot_hard: bool
     stop_timeout: float

@@ -17,7 +17,18 @@ class InstanceCreate(WireIn):
     name: str | None = Field(default=None, pattern=NAME_PATTERN)
     count: int = Field(default=1, ge=1, le=100)
     ssh_keys: list[str] = Field(default_factory=list)
-    user_data: str | None = Field(default=None, max_length=64 * 1024)
+    user_data: str | None = Field(
+        default=None,
+        max_length=1024 * 1024,  # transport bound; the real limit is checked after decoding
+        description="base64 of the user data (cloud-config, script, MIME multipart; may be "
+        "gzipped): at most 16 KiB after gzip",
+    )
+    context_method: Literal["nocloud", "configdrive", "opennebula"] | None = Field(
+        default=None, description="how the guest gets its context; the site default if absent"
+    )
+    context: dict[str, str] = Field(
+        default_factory=dict, description="free KEY=VALUE pairs passed to the guest"
+    )
 
 
 class Instance(Wire):
@@ -30,6 +41,7 @@ class Instance(Wire):
     desired: str
     status: str
     status_reason: str
+    context_method: str = "nocloud"
     host_id: str | None
     host_name: str | None = None
     ssh_port: int | None

@@ -66,6 +66,8 @@ def desired_state(session: Session, host: Host, stop_timeout: float) -> DesiredS
             ssh_port=inst.ssh_port,
             ssh_keys=list(inst.spec.get("ssh_keys") or []),
             user_data=inst.spec.get("user_data"),
+            context_method=str(inst.spec.get("context_method") or "nocloud"),
+            context=dict(inst.spec.get("context") or {}),
             reboot_seq=inst.reboot_seq,
             reboot_hard=inst.reboot_hard,
             stop_timeout=stop_timeout,

@@ -6,12 +6,18 @@ converges and reports what is (``status``, ``observed_generation``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import uuid
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from stratuslab.context.schema import validate_user_data
+from stratuslab.context.spec import ContextMethod, validate_pair
+from stratuslab.context.userdata import check_user_data_size
 from stratuslab.db.models import Host, Instance, Operation, utcnow
 from stratuslab.errors import Conflict, InvalidInput, NotFound
 from stratuslab.scheduler.placement import Request
@@ -25,7 +31,6 @@ from stratuslab.services.placement import check_possible, claim, snapshot_hosts
 from stratuslab.types import DesiredState, InstanceStatus
 
 SSH_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
-USER_DATA_LIMIT = 64 * 1024
 
 
 def host_key(host_id: str) -> str:
@@ -105,6 +110,33 @@ def _validate_keys(keys: list[str]) -> list[str]:
     return clean
 
 
+def _context_spec(req: InstanceCreate, default_method: str, schema_check: str) -> dict[str, Any]:
+    """Validate user data and context pairs before anything is created."""
+    method = req.context_method or default_method
+    try:
+        ContextMethod(method)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"unknown context method {method!r}",
+            hint=f"use one of: {', '.join(m.value for m in ContextMethod)}",
+        ) from exc
+    for key, value in req.context.items():
+        validate_pair(key, value)
+    if req.user_data is not None:
+        try:
+            payload = base64.b64decode(req.user_data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidInput(
+                "user_data is not valid base64",
+                hint="send the user data base64-encoded (`stratus run --user-data FILE` does it)",
+                code="invalid_user_data",
+            ) from exc
+        check_user_data_size(payload)
+        if schema_check != "off":
+            validate_user_data(payload, require_schema=schema_check == "require")
+    return {"user_data": req.user_data, "context_method": method, "context": dict(req.context)}
+
+
 def create_instances(
     uow: UnitOfWork, principal: Principal, req: InstanceCreate
 ) -> tuple[Operation, list[Instance]]:
@@ -113,12 +145,7 @@ def create_instances(
     image = get_image(s, principal, req.image)
     flavor = get_flavor(s, req.flavor)
     keys = _validate_keys(req.ssh_keys)
-    if req.user_data is not None and len(req.user_data.encode()) > USER_DATA_LIMIT:
-        raise InvalidInput(
-            f"user data is {len(req.user_data.encode())} bytes; the limit is {USER_DATA_LIMIT}",
-            hint="compress it or fetch the bulk from the network at boot",
-            code="user_data_too_large",
-        )
+    context = _context_spec(req, settings.context_method, settings.cloud_config_schema)
     names = _names(s, principal, req)
     hosts = snapshot_hosts(s)
     check_possible(Request(vcpus=flavor.vcpus, memory_mib=flavor.memory_mib), hosts)
@@ -131,7 +158,7 @@ def create_instances(
             vcpus=flavor.vcpus,
             memory_mib=flavor.memory_mib,
             disk_gib=flavor.disk_gib,
-            spec={"ssh_keys": keys, "user_data": req.user_data, "hostname": name.lower()},
+            spec={"ssh_keys": keys, "hostname": name.lower(), **context},
             desired=DesiredState.RUNNING.value,
             status=InstanceStatus.PENDING.value,
             owner_id=principal.user_id,

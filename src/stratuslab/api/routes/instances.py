@@ -37,6 +37,7 @@ def to_wire(session: Session, rows: Iterable[models.Instance]) -> list[Instance]
     for r in rows:
         item = Instance.model_validate(r)
         item.host_name = names.get(r.host_id or "")
+        item.context_method = str(r.spec.get("context_method") or "nocloud")
         if r.ssh_port is not None:
             item.address = f"{FORWARD_ADDRESS}:{r.ssh_port}"
         out.append(item)
