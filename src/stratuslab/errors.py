@@ -17,7 +17,8 @@ CLI maps it to an exit code in exactly one place (``cli/output.py``)::
     ├── ImageError          not a disk image, checksum mismatch (422) exit 8
     ├── ServiceUnavailable  controller unreachable (503)        exit 9
     ├── OperationTimeout    the client stopped waiting          exit 10
-    └── VerificationError   a signature or checksum is refused  exit 11
+    ├── VerificationError   a signature or checksum is refused  exit 11
+    └── QuotaExceeded       a project or user quota (409)       exit 12
 
 On the wire an error is ``{"code", "category", "message", "hint", "details"}``: ``code`` is
 specific and stable (``no_hosts``), ``category`` is the class's code (``no_capacity``) so a

@@ -58,6 +58,7 @@ class ImageFormat(StrEnum):
 
 class ImageStatus(StrEnum):
     UPLOADING = "uploading"
+    SAVING = "saving"
     AVAILABLE = "available"
     ERROR = "error"
     DELETED = "deleted"

@@ -351,3 +351,65 @@ def test_bad_context_is_refused_before_anything_is_created(
     assert resp.status_code == 422, resp.text
     assert error(resp)["code"] == code
     assert api.get("/api/v1/instances").json()["total"] == 0
+
+
+class UploadingSaver:
+    """Stands in for RootDiskSaver on a fake host: sends a real small qcow2 disk."""
+
+    def __init__(self, link: ControllerLink, disk: Path) -> None:
+        self.link, self.disk = link, disk
+
+    def save(self, instance_id: str, image_id: str) -> None:
+        self.link.upload_saved_image(image_id, self.disk)
+
+
+def test_save_a_stopped_instance_as_an_image(
+    api: TestClient, node: Node, image: dict, tmp_path: Path
+) -> None:
+    from tests.conftest import make_qcow2
+
+    node.agent.reconciler.saver = UploadingSaver(node.link, make_qcow2(tmp_path / "s.qcow2"))
+    run(api, name="golden", flavor="t1.micro")
+    node.settle()
+    resp = api.post("/api/v1/instances/golden/save", json={"name": "golden-v1"})
+    assert resp.status_code == 409
+    assert error(resp)["code"] == "not_stopped"
+    api.post("/api/v1/instances/golden/actions", json={"action": "stop"})
+    node.settle(lambda: inst(api, "golden")["status"] == "stopped")
+
+    save = api.post("/api/v1/instances/golden/save", json={"name": "golden-v1"})
+    assert save.status_code == 202
+    assert api.get("/api/v1/images/golden-v1").json()["status"] == "saving"
+    node.settle(lambda: op(api, save.json()["id"])["status"] != "running")
+    assert op(api, save.json()["id"])["status"] == "succeeded"
+    saved = api.get("/api/v1/images/golden-v1").json()
+    assert saved["status"] == "available"
+    assert saved["source_instance_id"] == inst(api, "golden")["id"]
+    draft = api.get("/api/v1/images/golden-v1/metadata").json()
+    assert draft["checksums"]["sha256"] == saved["sha256"]
+    assert len(draft["identifier"]) == 27
+    assert "endorser" not in draft  # a draft until its owner signs it
+    # the saved image boots like any other
+    run(api, name="clone", flavor="t1.micro", image="golden-v1")
+    node.settle()
+    assert inst(api, "clone")["status"] == "running"
+
+
+def test_save_failure_on_the_node_fails_the_operation(
+    api: TestClient, node: Node, image: dict
+) -> None:
+    class FailingSaver:
+        def save(self, instance_id: str, image_id: str) -> None:
+            node.link.report_save_failure(image_id, "qemu-img convert failed: disk full")
+
+    node.agent.reconciler.saver = FailingSaver()
+    run(api, name="vm", flavor="t1.micro")
+    node.settle()
+    api.post("/api/v1/instances/vm/actions", json={"action": "stop"})
+    node.settle(lambda: inst(api, "vm")["status"] == "stopped")
+    save = api.post("/api/v1/instances/vm/save", json={"name": "broken"}).json()
+    node.settle(lambda: op(api, save["id"])["status"] != "running")
+    result = op(api, save["id"])
+    assert result["status"] == "failed"
+    assert "disk full" in result["error"]["message"]
+    assert api.get("/api/v1/images/broken").json()["status"] == "error"

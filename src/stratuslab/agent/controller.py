@@ -87,3 +87,16 @@ class ControllerLink:
         except StratusError:
             raise
         return digest.hexdigest()
+
+    def upload_saved_image(self, image_id: str, path: Path) -> None:
+        """Send a saved root disk (streamed from the file)."""
+        with path.open("rb") as fh:
+            self._call(
+                "PUT",
+                f"/images/{image_id}/file",
+                content=iter(lambda: fh.read(1024 * 1024), b""),
+                headers={"Content-Type": "application/octet-stream"},
+            )
+
+    def report_save_failure(self, image_id: str, reason: str) -> None:
+        self._call("POST", f"/images/{image_id}/failure", json={"reason": reason[:4000]})

@@ -15,10 +15,11 @@ import click
 from stratuslab.agent.controller import ControllerLink
 from stratuslab.agent.image_cache import FakeImageCache, ImageCache
 from stratuslab.agent.loop import Agent, host_capacity
-from stratuslab.agent.reconcile import Images, Reconciler
+from stratuslab.agent.reconcile import Images, Reconciler, Saver
 from stratuslab.agent.workspace import (
     FakeWorkspace,
     LocalWorkspace,
+    RootDiskSaver,
     Workspace,
     check_traversable,
 )
@@ -77,13 +78,15 @@ def build_agent(settings: NodeSettings, driver: ComputeDriver, cred: dict[str, s
     link = ControllerLink(cred["controller_url"], cred["credential"])
     workspace: Workspace
     images: Images
+    saver: Saver | None = None
     if settings.driver == "fake":
         workspace, images = FakeWorkspace(), FakeImageCache()
     else:
-        workspace = LocalWorkspace(settings.state_dir)
+        local = LocalWorkspace(settings.state_dir)
+        workspace, saver = local, RootDiskSaver(local, link)
         images = ImageCache(settings.state_dir / "images", link)
     hypervisor = driver.capabilities().hypervisor
-    reconciler = Reconciler(driver, workspace, images, hypervisor=hypervisor)
+    reconciler = Reconciler(driver, workspace, images, hypervisor=hypervisor, saver=saver)
     return Agent(
         link,
         reconciler,

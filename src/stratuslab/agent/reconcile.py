@@ -28,6 +28,17 @@ class Images(Protocol):
     def ensure(self, ref: ImageRef) -> Path: ...
 
 
+class Saver(Protocol):
+    def save(self, instance_id: str, image_id: str) -> None: ...
+
+
+class NoSaver:
+    """For hosts that cannot save disks (simulation): report nothing, do nothing."""
+
+    def save(self, instance_id: str, image_id: str) -> None:
+        return None
+
+
 def domain_name(instance_id: str) -> str:
     return DOMAIN_PREFIX + instance_id
 
@@ -49,7 +60,9 @@ class Reconciler:
         *,
         hypervisor: Hypervisor,
         clock: Callable[[], float] = time.monotonic,
+        saver: Saver | None = None,
     ) -> None:
+        self.saver: Saver = saver or NoSaver()
         self.driver = driver
         self.workspace = workspace
         self.images = images
@@ -111,7 +124,24 @@ class Reconciler:
             return self._stopping_step(inst)
         self._stopping.pop(inst.id, None)
         self._mark_applied(inst)
-        return Result(self._observed(inst, InstanceStatus.STOPPED))
+        events = self._save_if_asked(inst)
+        return Result(self._observed(inst, InstanceStatus.STOPPED), events)
+
+    def _save_if_asked(self, inst: DesiredInstance) -> list[AgentEvent]:
+        image_id = inst.save_image_id
+        state = self.workspace.read_state(inst.id)
+        if image_id is None or state.get("saved") == image_id:
+            return []
+        self.saver.save(inst.id, image_id)
+        state["saved"] = image_id
+        self.workspace.write_state(inst.id, state)
+        return [
+            AgentEvent(
+                kind="instance.disk_saved",
+                instance_id=inst.id,
+                message=f"root disk sent as image {image_id}",
+            )
+        ]
 
     def _stopping_step(self, inst: DesiredInstance) -> Result:
         now = self.clock()

@@ -94,6 +94,32 @@ class LocalWorkspace:
         tmp.replace(d / "state.json")
 
 
+class SaveTarget(Protocol):
+    def upload_saved_image(self, image_id: str, path: Path) -> None: ...
+    def report_save_failure(self, image_id: str, reason: str) -> None: ...
+
+
+class RootDiskSaver:
+    """Flattens a stopped instance's root disk (overlay + base) and sends it to the controller."""
+
+    def __init__(self, workspace: LocalWorkspace, target: SaveTarget) -> None:
+        self.workspace = workspace
+        self.target = target
+
+    def save(self, instance_id: str, image_id: str) -> None:
+        d = self.workspace.dir(instance_id)
+        flat = d / f"save-{image_id}.qcow2"
+        try:
+            _qemu_img("convert", "-O", "qcow2", str(d / "root.qcow2"), str(flat))
+        except DriverError as exc:
+            self.target.report_save_failure(image_id, exc.message)
+            return
+        try:
+            self.target.upload_saved_image(image_id, flat)
+        finally:
+            flat.unlink(missing_ok=True)
+
+
 def check_traversable(path: Path) -> None:
     """QEMU runs as an unprivileged user: every directory above the disks must let it pass."""
     for directory in [path.resolve(), *path.resolve().parents]:
@@ -106,20 +132,22 @@ def check_traversable(path: Path) -> None:
             )
 
 
-def _overlay(base: Path, base_format: str, dest: Path) -> None:
-    tmp = dest.with_suffix(".tmp")
-    proc = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base), str(tmp)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def _qemu_img(*args: str) -> None:
+    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
         raise DriverError(
-            f"cannot create the root disk overlay: {proc.stderr.strip()}",
+            f"qemu-img {args[0]} failed: {proc.stderr.strip()}",
             hint="check that qemu-utils is installed and the state directory is writable",
         )
+
+
+def _overlay(base: Path, base_format: str, dest: Path) -> None:
+    tmp = dest.with_suffix(".tmp")
+    try:
+        _qemu_img("create", "-q", "-f", "qcow2", "-F", base_format, "-b", str(base), str(tmp))
+    except DriverError:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.chmod(0o644)
     tmp.replace(dest)
 

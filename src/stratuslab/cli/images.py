@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import click
 
 from stratuslab.cli import output
 from stratuslab.cli.context import AppContext, json_option, pass_app
-from stratuslab.cli.progress import upload_bar
+from stratuslab.cli.progress import upload_bar, wait
 from stratuslab.schemas.images import Image
 
 HEADERS = ("id", "name", "format", "size", "virtual size", "status", "visibility", "created")
@@ -67,6 +68,33 @@ def delete(ctx: click.Context, app: AppContext, refs: Sequence[str]) -> None:
             app.client.delete_image(ref)
             output.info(app, f"deleted: {ref}")
     failures.exit(ctx)
+
+
+@image.command("save")
+@click.argument("instance")
+@click.option("--name", required=True, help="Name of the new image.")
+@click.option("--no-wait", is_flag=True, help="Return once the request is accepted.")
+@json_option
+@pass_app
+def save(app: AppContext, instance: str, name: str, no_wait: bool) -> None:
+    """Save a stopped INSTANCE's root disk as a new image.
+
+    The image gets draft marketplace metadata (`stratus image metadata NAME`): sign it with
+    `stratus image sign` and upload it to publish the image.
+    """
+    op = app.client.save_instance(instance, name)
+    if not no_wait:
+        wait(app, op, timeout=3600, label=f"saving {instance} as {name}")
+    img = app.client.get_image(name)
+    output.emit(app, [img], HEADERS, _rows([img]), ids=[img.id])
+
+
+@image.command("metadata")
+@click.argument("ref")
+@pass_app
+def metadata(app: AppContext, ref: str) -> None:
+    """Print the draft marketplace metadata of a saved image (JSON)."""
+    click.echo(json.dumps(app.client.image_metadata(ref), indent=2, sort_keys=True))
 
 
 def _rows(images: Iterable[Image]) -> list[tuple[str, ...]]:

@@ -199,6 +199,18 @@ class StratusClient:
         response = self._request("POST", f"/instances/{_seg(ref)}/actions", json=body)
         return self._parse(Operation, response)
 
+    def save_instance(self, ref: str, name: str) -> Operation:
+        """Save a stopped instance's root disk as the image ``name``."""
+        response = self._request("POST", f"/instances/{_seg(ref)}/save", json={"name": name})
+        return self._parse(Operation, response)
+
+    def image_metadata(self, ref: str) -> dict[str, Any]:
+        """The draft (unsigned) marketplace metadata of a saved image."""
+        data = self._request("GET", f"/images/{_seg(ref)}/metadata").json()
+        if not isinstance(data, dict):
+            raise StratusError("unexpected answer from the controller", code="bad_response")
+        return data
+
     def console(self, ref: str, offset: int = 0) -> ConsoleOutput:
         response = self._request(
             "GET", f"/instances/{_seg(ref)}/console", params={"offset": offset}

@@ -54,6 +54,8 @@ class DesiredInstance(Wire):
     user_data: str | None
     context_method: str = "nocloud"
     context: dict[str, str] = Field(default_factory=dict)
+    #: save the (stopped) root disk as this image
+    save_image_id: str | None = None
     reboot_seq: int
     reboot_hard: bool
     stop_timeout: float

@@ -68,6 +68,7 @@ def desired_state(session: Session, host: Host, stop_timeout: float) -> DesiredS
             user_data=inst.spec.get("user_data"),
             context_method=str(inst.spec.get("context_method") or "nocloud"),
             context=dict(inst.spec.get("context") or {}),
+            save_image_id=(inst.spec.get("save") or {}).get("image_id"),
             reboot_seq=inst.reboot_seq,
             reboot_hard=inst.reboot_hard,
             stop_timeout=stop_timeout,

@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
-from stratuslab.db.models import Image, Instance
-from stratuslab.errors import Conflict, InvalidInput, NotFound
+from stratuslab.db.models import Host, Image, Instance, Operation
+from stratuslab.errors import Conflict, Forbidden, ImageError, InvalidInput, NotFound, StratusError
+from stratuslab.marketplace.metadata import build_metadata
+from stratuslab.services import events, operations
 from stratuslab.services.auth import Principal
+from stratuslab.services.context import UnitOfWork
 from stratuslab.services.image_files import inspect_disk_image
-from stratuslab.types import ImageStatus
+from stratuslab.types import ImageFormat, ImageStatus, InstanceStatus
 
 IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -126,3 +130,127 @@ def delete_image(session: Session, principal: Principal, ref: str) -> Path:
     image.name = f"{image.name}~deleted~{image.id[:8]}"[:128]
     image.path = ""
     return path
+
+
+def start_save(uow: UnitOfWork, principal: Principal, inst: Instance, name: str) -> Operation:
+    """Ask the instance's host to save its (stopped) root disk as a new image."""
+    s = uow.session
+    if inst.status != InstanceStatus.STOPPED.value or inst.desired != "stopped":
+        raise Conflict(
+            f"instance {inst.name} is {inst.status}; only a stopped instance can be saved",
+            hint=f"stop it first: `stratus stop {inst.name}`",
+            code="not_stopped",
+        )
+    if inst.spec.get("save"):
+        raise Conflict(
+            f"instance {inst.name} is already being saved",
+            hint="wait for the running save to finish (`stratus events`)",
+        )
+    check_name_free(s, principal, name)
+    image = Image(
+        name=name,
+        format=ImageFormat.QCOW2.value,
+        sha256="",
+        status=ImageStatus.SAVING.value,
+        path="",
+        source_instance_id=inst.id,
+        owner_id=principal.user_id,
+        project_id=principal.project_id,
+    )
+    s.add(image)
+    s.flush()
+    inst.spec = {**inst.spec, "save": {"image_id": image.id}}
+    inst.generation += 1
+    if inst.host_id is not None:
+        host = s.get(Host, inst.host_id)
+        if host is not None:
+            host.desired_generation += 1
+        uow.notify(f"host:{inst.host_id}")
+    events.record(
+        s,
+        "image.saving",
+        f"saving the root disk as image {name}",
+        instance_id=inst.id,
+        project_id=inst.project_id,
+    )
+    op = Operation(
+        kind="image.save",
+        target_type="image",
+        target_ids=[image.id],
+        expect={"status": ImageStatus.AVAILABLE.value},
+        owner_id=principal.user_id,
+        project_id=principal.project_id,
+    )
+    s.add(op)
+    s.flush()
+    return op
+
+
+def saving_image(session: Session, host_id: str, image_id: str) -> tuple[Image, Instance]:
+    """The image being saved from an instance of this host (anything else is refused)."""
+    image = session.get(Image, image_id)
+    inst = session.get(Instance, image.source_instance_id) if image is not None else None
+    if image is None or inst is None or image.status != ImageStatus.SAVING.value:
+        raise NotFound(f"no image {image_id} is being saved", hint="it may have been cancelled")
+    if inst.host_id != host_id:
+        raise Forbidden(f"image {image_id} is not saved from this host", hint="check the host")
+    return image, inst
+
+
+def finish_save(
+    session: Session,
+    image: Image,
+    inst: Instance,
+    *,
+    upload: Path | None,
+    sha256: str,
+    images_dir: Path,
+    reason: str = "",
+) -> list[str]:
+    """Register the uploaded root disk, or record why saving failed; finish the operations."""
+    error: dict[str, Any] | None = None
+    try:
+        if upload is None:
+            raise ImageError(reason or "the node could not save the disk", hint="see events")
+        info = inspect_disk_image(upload, display_name=image.name)
+        final = images_dir / f"{image.id}.{info.format}"
+        os.replace(upload, final)
+        image.path, image.format, image.sha256 = str(final), info.format, sha256
+        image.size_bytes, image.virtual_size_bytes = info.actual_size, info.virtual_size
+        image.status = ImageStatus.AVAILABLE.value
+        image.metadata_draft = draft_metadata(final, image, inst)
+        events.record(
+            session,
+            "image.saved",
+            f"image {image.name} saved ({sha256[:12]})",
+            instance_id=inst.id,
+            project_id=inst.project_id,
+        )
+    except StratusError as exc:
+        image.status, image.status_reason = ImageStatus.ERROR.value, exc.message
+        error = {**exc.to_dict(), "message": f"saving image {image.name} failed: {exc.message}"}
+        events.record(
+            session,
+            "image.save_failed",
+            exc.message,
+            level="error",
+            instance_id=inst.id,
+            project_id=inst.project_id,
+        )
+    finally:
+        if upload is not None:
+            upload.unlink(missing_ok=True)
+    inst.spec = {k: v for k, v in inst.spec.items() if k != "save"}
+    return operations.finish_for_target(session, image.id, error)
+
+
+def draft_metadata(path: Path, image: Image, inst: Instance) -> dict[str, Any]:
+    """Unsigned marketplace metadata for a saved image: its owner signs and publishes it."""
+    meta = build_metadata(
+        path,
+        format=image.format,
+        title=image.name,
+        description=f"saved from instance {inst.name} ({inst.id})",
+        is_version_of=None,
+    )
+    return dict(meta.model_dump(mode="json", exclude_none=True))

@@ -55,7 +55,7 @@ def get(session: Session, principal: Principal, op_id: str) -> Operation:
 
 def evaluate(session: Session, op: Operation, instances: dict[str, Instance]) -> bool:
     """Finish ``op`` if its targets say so; return True when it finished now."""
-    if op.status != OperationStatus.RUNNING.value:
+    if op.status != OperationStatus.RUNNING.value or op.target_type != "instance":
         return False
     want = op.expect.get("status")
     generations: dict[str, int] = op.expect.get("generations", {})
@@ -108,5 +108,17 @@ def evaluate_for(session: Session, instances: dict[str, Instance]) -> list[str]:
     )
     for op in open_ops:
         if any(t in instances for t in op.target_ids) and evaluate(session, op, instances):
+            finished.append(op.id)
+    return finished
+
+
+def finish_for_target(session: Session, target_id: str, error: dict[str, Any] | None) -> list[str]:
+    """Finish the open operations on a non-instance target (an image being saved)."""
+    finished = []
+    for op in session.scalars(
+        select(Operation).where(Operation.status == OperationStatus.RUNNING.value)
+    ):
+        if target_id in op.target_ids and op.target_type != "instance":
+            _finish(op, failed=error)
             finished.append(op.id)
     return finished

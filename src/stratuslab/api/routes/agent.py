@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from stratuslab.api.deps import CtxDep, HostDep
+from stratuslab.api.uploads import receive_upload
 from stratuslab.db import models
 from stratuslab.errors import NotFound
 from stratuslab.schemas.agent import (
@@ -20,7 +22,8 @@ from stratuslab.schemas.agent import (
     Report,
     ReportAck,
 )
-from stratuslab.services import agent, hosts, operations
+from stratuslab.schemas.images import SaveFailure
+from stratuslab.services import agent, hosts, images, operations
 from stratuslab.services.context import Ctx, wait_event
 from stratuslab.services.instances import host_key
 
@@ -91,3 +94,34 @@ def image_file(image_id: str, ctx: CtxDep, host: HostDep) -> FileResponse:
         if image is None or not image.path:
             raise NotFound(f"image {image_id} does not exist", hint="it may have been deleted")
     return FileResponse(image.path, media_type="application/octet-stream")
+
+
+@router.put("/images/{image_id}/file", status_code=204)
+async def upload_saved_image(image_id: str, request: Request, ctx: CtxDep, host: HostDep) -> None:
+    """The node sends the flattened root disk of an instance being saved."""
+    with ctx.sessions() as s:
+        images.saving_image(s, host.id, image_id)
+    upload, sha256 = await receive_upload(request, ctx.images_dir)
+    await run_in_threadpool(_finish_save, ctx, host.id, image_id, upload, sha256, "")
+
+
+@router.post("/images/{image_id}/failure", status_code=204)
+def saved_image_failed(image_id: str, body: SaveFailure, ctx: CtxDep, host: HostDep) -> None:
+    _finish_save(ctx, host.id, image_id, None, "", body.reason)
+
+
+def _finish_save(
+    ctx: Ctx, host_id: str, image_id: str, upload: Path | None, sha256: str, reason: str
+) -> None:
+    with ctx.uow() as s:
+        image, inst = images.saving_image(s, host_id, image_id)
+        finished = images.finish_save(
+            s,
+            image,
+            inst,
+            upload=upload,
+            sha256=sha256,
+            images_dir=ctx.images_dir,
+            reason=reason,
+        )
+    ctx.notifier.notify(*(operations.op_key(op) for op in finished))

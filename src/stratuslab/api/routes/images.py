@@ -1,16 +1,15 @@
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from stratuslab.api.deps import CtxDep, PrincipalDep
-from stratuslab.errors import InvalidInput
+from stratuslab.api.uploads import receive_upload
+from stratuslab.errors import InvalidInput, NotFound
 from stratuslab.schemas.images import Image
 from stratuslab.services import images
 from stratuslab.services.auth import Principal
@@ -45,18 +44,8 @@ async def upload_image(
     """Register a qcow2 or raw disk image: the request body is the file itself."""
     with ctx.sessions() as s:
         images.check_name_free(s, principal, name)
-    ctx.images_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=ctx.images_dir, prefix=".upload-")
-    digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in request.stream():
-                digest.update(chunk)
-                out.write(chunk)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return await run_in_threadpool(_register, ctx, principal, name, Path(tmp), digest.hexdigest())
+    upload, sha256 = await receive_upload(request, ctx.images_dir)
+    return await run_in_threadpool(_register, ctx, principal, name, upload, sha256)
 
 
 def _register(ctx: Ctx, principal: Principal, name: str, upload: Path, sha256: str) -> Image:
@@ -74,6 +63,20 @@ def _register(ctx: Ctx, principal: Principal, name: str, upload: Path, sha256: s
 def get_image(ref: str, ctx: CtxDep, principal: PrincipalDep) -> Image:
     with ctx.sessions() as s:
         return Image.model_validate(images.get_image(s, principal, ref))
+
+
+@router.get("/{ref}/metadata")
+def image_metadata(ref: str, ctx: CtxDep, principal: PrincipalDep) -> dict[str, Any]:
+    """The unsigned marketplace metadata generated for a saved image (sign it to publish)."""
+    with ctx.sessions() as s:
+        image = images.get_image(s, principal, ref)
+    if image.metadata_draft is None:
+        raise NotFound(
+            f"image {image.name} has no draft metadata",
+            hint="only images saved from instances get one; build it with "
+            "`stratus image build-metadata FILE`",
+        )
+    return dict(image.metadata_draft)
 
 
 @router.get("/{ref}/file", response_class=FileResponse)

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from stratuslab.api.deps import CtxDep, PrincipalDep
 from stratuslab.db import models
 from stratuslab.schemas.common import Page
+from stratuslab.schemas.images import ImageSave
 from stratuslab.schemas.instances import (
     ConsoleOutput,
     Instance,
@@ -17,7 +18,7 @@ from stratuslab.schemas.instances import (
     InstanceCreated,
 )
 from stratuslab.schemas.operations import Operation
-from stratuslab.services import instances
+from stratuslab.services import images, instances
 from stratuslab.services.agent import read_console
 
 router = APIRouter(prefix="/instances", tags=["instances"])
@@ -99,3 +100,13 @@ def console(
         inst = instances.get_instance(s, principal, ref)
     next_offset, data = read_console(ctx.console_dir, inst.id, offset)
     return ConsoleOutput(instance_id=inst.id, offset=offset, next_offset=next_offset, data=data)
+
+
+@router.post("/{ref}/save", status_code=202)
+def save_instance(ref: str, body: ImageSave, ctx: CtxDep, principal: PrincipalDep) -> Operation:
+    """Save a stopped instance's root disk as a new image (with draft marketplace metadata)."""
+    uow = ctx.uow()
+    with uow as s:
+        inst = instances.get_instance(s, principal, ref)
+        op = images.start_save(uow, principal, inst, body.name)
+        return Operation.model_validate(op)
