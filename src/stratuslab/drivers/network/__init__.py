@@ -1,0 +1,1 @@
+"""Host networking drivers: bridges, VXLAN, DHCP, port forwards and security groups."""

@@ -1,0 +1,1 @@
+"""Virtual networks: address management and guest network configuration (pure code)."""
