@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from stratuslab.errors import InvalidInput
 from stratuslab.types import Hypervisor, PowerState
 
 #: Every domain the toolkit manages has a name with this prefix; others are left alone.
@@ -33,16 +34,118 @@ class PortForward:
 
 
 @dataclass(frozen=True)
+class NetworkSource:
+    """A disk QEMU opens over the network with its own initiator (no host kernel module)."""
+
+    protocol: str  # iscsi
+    name: str  # iSCSI: "<target IQN>/<LUN>"
+    host: str
+    port: int = 3260
+
+    @property
+    def url(self) -> str:
+        return f"{self.protocol}://{self.host}:{self.port}/{self.name}"
+
+
+@dataclass(frozen=True)
 class DiskSpec:
     """A disk attached to the domain, in bus order."""
 
-    path: Path
+    path: Path  # ignored when ``network`` is set
     format: str = "qcow2"  # qcow2 | raw
     device: str = "disk"  # disk | cdrom
     bus: str = "virtio"  # virtio | sata | ide | scsi
     target: str = "vda"  # vda, vdb, ... ; sda ... for sata
     readonly: bool = False
     boot_order: int | None = None
+    #: Read from the network (iSCSI) instead of the file at ``path``.
+    network: NetworkSource | None = None
+    #: Several domains may open it at once (only together with ``readonly``).
+    shareable: bool = False
+    #: The persistent volume this disk is; None for an instance's own disks. The guest sees
+    #: the first :data:`VOLUME_SERIAL_CHARS` characters as the disk's serial number.
+    volume_id: str | None = None
+
+
+#: Targets ``vda`` (root) and ``vdb`` (seed) belong to the instance; volumes start after them.
+FIRST_VOLUME_TARGET = 2
+#: Attachment indexes 0..MAX_VOLUMES-1 map to ``vdc``..``vdz``.
+MAX_VOLUMES = 24
+#: virtio-blk serial numbers hold 20 bytes.
+VOLUME_SERIAL_CHARS = 20
+
+
+def volume_target(index: int) -> str:
+    """The virtio target of attachment ``index``: 0 -> ``vdc``, 1 -> ``vdd``, ... 23 -> ``vdz``.
+
+    The rule is stable (a volume keeps its target across restarts and redefinitions) and never
+    gives ``vda``/``vdb``. Inside the guest the kernel names disks in discovery order, so
+    guests should find a volume by its serial (``/sys/block/vd*/serial``), not by its name.
+    """
+    if not 0 <= index < MAX_VOLUMES:
+        raise InvalidInput(
+            f"attachment index {index} is outside 0..{MAX_VOLUMES - 1}",
+            hint=f"a domain holds at most {MAX_VOLUMES} volumes; detach one first",
+        )
+    return "vd" + chr(ord("a") + FIRST_VOLUME_TARGET + index)
+
+
+@dataclass(frozen=True)
+class VolumeAttachment:
+    """A persistent volume attached to a domain as a virtio disk at ``volume_target(index)``.
+
+    The source is a file (``path`` + ``format``) or a network disk (``network``), as a volume
+    backend's ``export`` describes it. ``shareable`` needs ``readonly``.
+    """
+
+    volume_id: str
+    index: int
+    format: str = "raw"  # qcow2 | raw
+    path: Path | None = None
+    network: NetworkSource | None = None
+    readonly: bool = False
+    shareable: bool = False
+
+    def __post_init__(self) -> None:
+        volume_target(self.index)  # validates the index
+        if (self.path is None) == (self.network is None):
+            raise InvalidInput(
+                f"volume {self.volume_id}: an attachment needs exactly one of path and network",
+                hint="build it from the volume backend's export",
+            )
+        if self.shareable and not self.readonly:
+            raise InvalidInput(
+                f"volume {self.volume_id}: only read-only volumes can be shared",
+                hint="attach it read-only, or to one instance at a time",
+            )
+
+    @property
+    def target(self) -> str:
+        return volume_target(self.index)
+
+    def disk_spec(self) -> DiskSpec:
+        """The disk as a :class:`DiskSpec` (what the domain XML is built from)."""
+        return DiskSpec(
+            path=self.path if self.path is not None else Path(),
+            format=self.format,
+            target=self.target,
+            readonly=self.readonly,
+            network=self.network,
+            shareable=self.shareable,
+            volume_id=self.volume_id,
+        )
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """An extra NIC: on a host bridge (tap named ``target``, so host rules can name it) or a
+    libvirt user-mode NIC. The QEMU user-mode NIC with port forwards stays ``user_network``."""
+
+    mac: str
+    kind: str = "bridge"  # bridge | user
+    bridge: str | None = None
+    model: str = "virtio"
+    target: str | None = None  # host-side tap name; libvirt picks vnetN when None
 
 
 @dataclass(frozen=True)
@@ -64,6 +167,10 @@ class DomainSpec:
     #: TCG translation-cache size in MiB (QEMU reserves 1 GiB per guest otherwise).
     tcg_tb_size_mib: int = 128
     metadata: dict[str, str] = field(default_factory=dict)
+    #: NICs after the user-mode one, in guest PCI order.
+    nics: tuple[NicSpec, ...] = ()
+    #: Persistent volumes attached at define time (after ``disks``, from ``vdc`` on).
+    volumes: tuple[VolumeAttachment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -130,4 +237,30 @@ class ComputeDriver(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class HotplugDriver(Protocol):
+    """Optional capability: attach and detach volumes, also while the domain runs.
+
+    Check with ``isinstance(driver, HotplugDriver)``. Attaching changes the persistent
+    definition and, when the domain runs, the live guest. Both calls are idempotent: attaching
+    what is attached, or detaching what is not, does nothing. A target held by another disk is
+    a :class:`~stratuslab.errors.Conflict`; so is detaching a disk that is not that volume
+    (such as a boot disk).
+    """
+
+    def attach_volume(self, uuid: str, attachment: VolumeAttachment) -> None:
+        """Attach ``attachment`` (live and persistent when running, persistent otherwise)."""
+        ...
+
+    def detach_volume(
+        self, uuid: str, attachment: VolumeAttachment, *, timeout: float = 60
+    ) -> None:
+        """Detach it; when running, wait up to ``timeout`` s for the guest to release it."""
+        ...
+
+    def attached_volumes(self, uuid: str) -> tuple[VolumeAttachment, ...]:
+        """The volumes attached now (live when running, else as defined), by index."""
         ...

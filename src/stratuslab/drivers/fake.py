@@ -15,22 +15,25 @@ from __future__ import annotations
 import threading
 import uuid as uuidlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from stratuslab.drivers.base import (
     DOMAIN_PREFIX,
     DomainSpec,
     DomainStatus,
     HostCapabilities,
+    VolumeAttachment,
 )
-from stratuslab.errors import DriverError
+from stratuslab.errors import Conflict, DriverError, InvalidInput
 from stratuslab.types import Hypervisor, PowerState
 
 #: Methods a failure can be injected into.
 FAILABLE = frozenset(
     {"capabilities", "list_domains", "state", "define", "start", "shutdown", "destroy"}
-    | {"reboot", "reset", "undefine"}
+    | {"reboot", "reset", "undefine", "attach_volume", "detach_volume"}
 )
+
+_Volumes = dict[str, VolumeAttachment]  # by target
 
 
 @dataclass(slots=True)
@@ -39,6 +42,17 @@ class _Domain:
     state: PowerState = PowerState.SHUTOFF
     #: ``state()`` polls left before a pending ACPI shutdown completes; None: none pending.
     shutdown_in: int | None = None
+    #: Volumes in the persistent definition, and in the running guest (None: not running).
+    config_volumes: _Volumes = field(default_factory=dict)
+    live_volumes: _Volumes | None = None
+
+    def set_state(self, state: PowerState) -> None:
+        running = state in (PowerState.RUNNING, PowerState.PAUSED)
+        if running and self.live_volumes is None:
+            self.live_volumes = dict(self.config_volumes)
+        elif not running:
+            self.live_volumes = None
+        self.state = state
 
 
 class FakeComputeDriver:
@@ -46,9 +60,19 @@ class FakeComputeDriver:
 
     ``shutdown_delay`` is the number of :meth:`state` calls a running domain still reports
     ``RUNNING`` after :meth:`shutdown` (0: off at once; None: the guest ignores ACPI).
+    It also offers the :class:`~stratuslab.drivers.base.HotplugDriver` capability;
+    ``guest_releases_disks=False`` plays a guest without ACPI hot-plug (live detach times out).
     """
 
-    __slots__ = ("_domains", "_host", "_lock", "_names", "fail_on", "shutdown_delay")
+    __slots__ = (
+        "_domains",
+        "_host",
+        "_lock",
+        "_names",
+        "fail_on",
+        "guest_releases_disks",
+        "shutdown_delay",
+    )
 
     name = "fake"
 
@@ -62,12 +86,14 @@ class FakeComputeDriver:
         arch: str = "x86_64",
         shutdown_delay: int | None = 0,
         fail_on: Iterable[str] = (),
+        guest_releases_disks: bool = True,
     ) -> None:
         self._host = HostCapabilities(hostname, arch, vcpus, memory_mib, hypervisor)
         self._domains: dict[str, _Domain] = {}
         self._names: dict[str, str] = {}  # name -> uuid
         self._lock = threading.Lock()
         self.shutdown_delay = shutdown_delay
+        self.guest_releases_disks = guest_releases_disks
         self.fail_on: set[str] = set(fail_on)
         unknown = self.fail_on - FAILABLE
         if unknown:
@@ -102,21 +128,23 @@ class FakeComputeDriver:
         uuid = _canonical(spec.uuid)
         if uuid is None:
             raise DriverError(f"malformed uuid {spec.uuid!r}", hint="use a UUID like libvirt's")
+        volumes = _check_targets(spec)
         with self._lock:
             self._check_unique(uuid, spec.name)
             dom = self._domains.get(uuid)
             if dom is None:
-                self._domains[uuid] = _Domain(spec)
+                self._domains[uuid] = _Domain(spec, config_volumes=volumes)
                 self._names[spec.name] = uuid
             else:
-                dom.spec = spec
+                dom.spec, dom.config_volumes = spec, volumes
 
     def start(self, uuid: str) -> None:
         self._maybe_fail("start")
         with self._lock:
             dom = self._get(uuid)
             if dom.state is not PowerState.RUNNING:
-                dom.state, dom.shutdown_in = PowerState.RUNNING, None
+                dom.set_state(PowerState.RUNNING)
+                dom.shutdown_in = None
 
     def shutdown(self, uuid: str) -> None:
         self._maybe_fail("shutdown")
@@ -155,6 +183,40 @@ class FakeComputeDriver:
     def close(self) -> None:
         """Nothing to release; domains survive, as they do with libvirt."""
 
+    # -- the HotplugDriver capability -------------------------------------------------------
+
+    def attach_volume(self, uuid: str, attachment: VolumeAttachment) -> None:
+        self._maybe_fail("attach_volume")
+        with self._lock:
+            dom = self._get(uuid)
+            views = self._views(dom)
+            missing = [view for view in views if _missing(dom, view, attachment)]
+            for view in missing:
+                view[attachment.target] = attachment
+
+    def detach_volume(
+        self, uuid: str, attachment: VolumeAttachment, *, timeout: float = 60
+    ) -> None:
+        self._maybe_fail("detach_volume")
+        with self._lock:
+            dom = self._get(uuid)
+            views = [view for view in self._views(dom) if _present(dom, view, attachment)]
+            live = any(view is dom.live_volumes for view in views)
+            if live and not self.guest_releases_disks:
+                raise DriverError(
+                    f"the guest of {dom.spec.name} did not release volume "
+                    f"{attachment.volume_id} ({attachment.target}) within {timeout:g} s",
+                    hint="the guest kernel needs ACPI PCI hot-plug",
+                )
+            for view in views:
+                del view[attachment.target]
+
+    def attached_volumes(self, uuid: str) -> tuple[VolumeAttachment, ...]:
+        with self._lock:
+            dom = self._get(uuid)
+            view = dom.config_volumes if dom.live_volumes is None else dom.live_volumes
+            return tuple(sorted(view.values(), key=lambda attachment: attachment.index))
+
     # -- acting as the guest (test helpers) -------------------------------------------------
 
     def guest_poweroff(self, uuid: str) -> None:
@@ -166,7 +228,8 @@ class FakeComputeDriver:
         """The guest crashed and was kept (libvirt shows ``CRASHED`` with on_crash=preserve)."""
         with self._lock:
             dom = self._get(uuid)
-            dom.state, dom.shutdown_in = PowerState.CRASHED, None
+            dom.set_state(PowerState.CRASHED)
+            dom.shutdown_in = None
 
     # -- internals --------------------------------------------------------------------------
 
@@ -210,9 +273,14 @@ class FakeComputeDriver:
             )
 
     @staticmethod
+    def _views(dom: _Domain) -> list[_Volumes]:
+        live = [] if dom.live_volumes is None else [dom.live_volumes]
+        return [*live, dom.config_volumes]
+
+    @staticmethod
     def _power_off(dom: _Domain) -> None:
         if dom.state in (PowerState.RUNNING, PowerState.PAUSED, PowerState.CRASHED):
-            dom.state = PowerState.SHUTOFF
+            dom.set_state(PowerState.SHUTOFF)
         dom.shutdown_in = None
 
     @staticmethod
@@ -220,7 +288,8 @@ class FakeComputeDriver:
         """The domain's state, advancing a pending ACPI shutdown by one poll."""
         if dom.shutdown_in is not None:
             if dom.shutdown_in <= 0:
-                dom.state, dom.shutdown_in = PowerState.SHUTOFF, None
+                dom.set_state(PowerState.SHUTOFF)
+                dom.shutdown_in = None
             elif consume:
                 dom.shutdown_in -= 1
         return dom.state
@@ -232,3 +301,53 @@ def _canonical(uuid: str) -> str | None:
         return str(uuidlib.UUID(uuid))
     except ValueError:
         return None
+
+
+def _check_targets(spec: DomainSpec) -> _Volumes:
+    """``spec``'s volumes by target; InvalidInput when two disks share a target (as libvirt)."""
+    targets = [disk.target for disk in spec.disks] + [vol.target for vol in spec.volumes]
+    clashes = sorted({target for target in targets if targets.count(target) > 1})
+    if clashes:
+        raise InvalidInput(
+            f"domain {spec.name}: more than one disk on target {', '.join(clashes)}",
+            hint="volumes take vdc.. by attachment index; give instance disks other targets",
+        )
+    return {volume.target: volume for volume in spec.volumes}
+
+
+def _boot_targets(dom: _Domain) -> set[str]:
+    return {disk.target for disk in dom.spec.disks}
+
+
+def _missing(dom: _Domain, view: _Volumes, attachment: VolumeAttachment) -> bool:
+    holder = view.get(attachment.target)
+    if holder is not None and holder.volume_id == attachment.volume_id:
+        return False
+    if holder is not None or attachment.target in _boot_targets(dom):
+        what = f"volume {holder.volume_id}" if holder is not None else "a boot disk"
+        raise Conflict(
+            f"target {attachment.target} of domain {dom.spec.name} already holds {what}",
+            hint="use another attachment index, or detach that disk first",
+        )
+    elsewhere = [vol.target for vol in view.values() if vol.volume_id == attachment.volume_id]
+    if elsewhere:
+        raise Conflict(
+            f"volume {attachment.volume_id} is already attached to {dom.spec.name} "
+            f"as {elsewhere[0]}",
+            hint="detach it first to move it to another index",
+        )
+    return True
+
+
+def _present(dom: _Domain, view: _Volumes, attachment: VolumeAttachment) -> bool:
+    holder = view.get(attachment.target)
+    if holder is None and attachment.target not in _boot_targets(dom):
+        return False
+    if holder is None or holder.volume_id != attachment.volume_id:
+        what = f"volume {holder.volume_id}" if holder is not None else "a boot disk"
+        raise Conflict(
+            f"target {attachment.target} of domain {dom.spec.name} is {what}, "
+            f"not volume {attachment.volume_id}",
+            hint="boot disks cannot be detached; check the attachment index",
+        )
+    return True

@@ -7,11 +7,13 @@ The shape, top to bottom::
       <os> hvm on machine 'pc', SeaBIOS mirrored on the serial port
       <features> acpi (so ACPI shutdown works), TCG translation-cache size
       on_poweroff/on_reboot/on_crash
-      <devices> disks (first disk boots), serial console logged by virtlogd, virtio RNG
+      <devices> disks (first disk boots), volumes (vdc..), NICs of ``spec.nics`` (bridge:
+                tap named by <target dev>), serial console logged by virtlogd, virtio RNG
       <qemu:commandline> user-mode NIC: -netdev user,restrict=on,hostfwd=... -device virtio-net
 
-Networking bypasses libvirt's ``<interface>`` on purpose: QEMU's user-mode stack with
-``restrict=on`` gives the guest DHCP and the forwarded ports and no route anywhere else.
+The default NIC bypasses libvirt's ``<interface>`` on purpose: QEMU's user-mode stack with
+``restrict=on`` gives the guest DHCP and the forwarded ports and no route anywhere else. NICs on
+virtual networks are ordinary ``<interface type='bridge'>`` devices on the network's bridge.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from __future__ import annotations
 import hashlib
 import xml.etree.ElementTree as ET
 
-from stratuslab.drivers.base import DiskSpec, DomainSpec, PortForward
+from stratuslab.drivers.base import (
+    VOLUME_SERIAL_CHARS,
+    DiskSpec,
+    DomainSpec,
+    NicSpec,
+    PortForward,
+)
+from stratuslab.errors import InvalidInput
 from stratuslab.types import Hypervisor
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -27,6 +36,8 @@ STRATUS_NS = "https://stratuslab.org/xmlns/domain/1.0"
 #: The NIC lives outside libvirt's address allocation: a PCI slot libvirt will not reach.
 NIC_PCI_ADDR = "0x1e"
 NETDEV_ID = "stratusnet0"
+#: libvirt user aliases start with ``ua-``; a volume's disk is ``ua-vol-<volume id>``.
+VOLUME_ALIAS_PREFIX = "ua-vol-"
 
 
 def domain_xml(spec: DomainSpec) -> str:
@@ -107,6 +118,11 @@ def _devices(spec: DomainSpec) -> ET.Element:
     for index, disk in enumerate(spec.disks):
         boot_order = disk.boot_order if boots_set else (1 if index == 0 else None)
         devices.append(_disk(disk, boot_order))
+    _check_targets(spec)
+    for volume in spec.volumes:
+        devices.append(disk_xml(volume.disk_spec()))
+    for nic in spec.nics:
+        devices.append(_interface(nic))
     serial = ET.SubElement(devices, "serial", type="pty")
     ET.SubElement(serial, "log", file=str(spec.console_log), append="on")
     ET.SubElement(serial, "target", port="0")
@@ -118,15 +134,64 @@ def _devices(spec: DomainSpec) -> ET.Element:
     return devices
 
 
+def disk_xml(disk: DiskSpec) -> ET.Element:
+    """One ``<disk>`` element (used for hot-plug too)."""
+    return _disk(disk, disk.boot_order)
+
+
+def volume_alias(volume_id: str) -> str:
+    """The libvirt user alias of a volume's disk: how hot-plug finds it again."""
+    return f"{VOLUME_ALIAS_PREFIX}{volume_id}"
+
+
 def _disk(disk: DiskSpec, boot_order: int | None) -> ET.Element:
-    element = ET.Element("disk", type="file", device=disk.device)
+    kind = "file" if disk.network is None else "network"
+    element = ET.Element("disk", type=kind, device=disk.device)
     ET.SubElement(element, "driver", name="qemu", type=disk.format)
-    ET.SubElement(element, "source", file=str(disk.path))
+    if disk.network is None:
+        ET.SubElement(element, "source", file=str(disk.path))
+    else:
+        source = ET.SubElement(
+            element, "source", protocol=disk.network.protocol, name=disk.network.name
+        )
+        ET.SubElement(source, "host", name=disk.network.host, port=str(disk.network.port))
     ET.SubElement(element, "target", dev=disk.target, bus=disk.bus)
     if boot_order is not None:
         ET.SubElement(element, "boot", order=str(boot_order))
     if disk.readonly or disk.device == "cdrom":
         ET.SubElement(element, "readonly")
+    if disk.shareable:
+        ET.SubElement(element, "shareable")
+    if disk.volume_id is not None:
+        _text(element, "serial", disk.volume_id[:VOLUME_SERIAL_CHARS])
+        ET.SubElement(element, "alias", name=volume_alias(disk.volume_id))
+    return element
+
+
+def _check_targets(spec: DomainSpec) -> None:
+    targets = [disk.target for disk in spec.disks] + [vol.target for vol in spec.volumes]
+    clashes = sorted({target for target in targets if targets.count(target) > 1})
+    if clashes:
+        raise InvalidInput(
+            f"domain {spec.name}: more than one disk on target {', '.join(clashes)}",
+            hint="volumes take vdc.. by attachment index; give instance disks other targets",
+        )
+
+
+def _interface(nic: NicSpec) -> ET.Element:
+    if nic.kind not in ("bridge", "user") or (nic.kind == "bridge") != (nic.bridge is not None):
+        raise InvalidInput(
+            f"NIC {nic.mac}: kind {nic.kind!r} with bridge {nic.bridge!r} is not valid",
+            hint="a bridge NIC names its bridge; a user NIC names none",
+        )
+    element = ET.Element("interface", type=nic.kind)
+    ET.SubElement(element, "mac", address=nic.mac)
+    if nic.bridge is not None:
+        ET.SubElement(element, "source", bridge=nic.bridge)
+    if nic.target is not None:
+        ET.SubElement(element, "target", dev=nic.target)
+    ET.SubElement(element, "model", type=nic.model)
+    ET.SubElement(element, "rom", enabled="no")  # no iPXE: we never boot from the network
     return element
 
 

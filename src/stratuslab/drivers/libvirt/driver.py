@@ -10,8 +10,9 @@ from stratuslab.drivers.base import (
     DomainSpec,
     DomainStatus,
     HostCapabilities,
+    VolumeAttachment,
 )
-from stratuslab.drivers.libvirt import kvm_probe
+from stratuslab.drivers.libvirt import hotplug, kvm_probe
 from stratuslab.drivers.libvirt.connection import (
     Connection,
     error_code,
@@ -154,6 +155,19 @@ class LibvirtComputeDriver:
 
     def close(self) -> None:
         self._conn.close()
+
+    # -- the HotplugDriver capability (see hotplug.py) --------------------------------------
+
+    def attach_volume(self, uuid: str, attachment: VolumeAttachment) -> None:
+        hotplug.attach(self._require(uuid), attachment)
+
+    def detach_volume(
+        self, uuid: str, attachment: VolumeAttachment, *, timeout: float = 60
+    ) -> None:
+        hotplug.detach(self._require(uuid), attachment, timeout=timeout)
+
+    def attached_volumes(self, uuid: str) -> tuple[VolumeAttachment, ...]:
+        return hotplug.attached(self._require(uuid))
 
     # -- internals --------------------------------------------------------------------------
 
