@@ -58,6 +58,9 @@ class ControllerSettings:
     max_wait: float = 60.0
     #: seconds before an instance that cannot be placed fails
     pending_timeout: float = 600.0
+    #: user-mode NICs NAT guests to whatever the host reaches (package mirrors...); off: guests
+    #: reach nothing but their forwarded ports
+    guest_egress: bool = False
     #: contextualization method when a request names none: nocloud | configdrive | opennebula
     context_method: str = "nocloud"
     #: cloud-config schema check at creation: auto (when cloud-init is installed) | require | off

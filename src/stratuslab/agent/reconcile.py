@@ -221,6 +221,7 @@ class Reconciler:
                     console_log=self.workspace.console_log(inst.id),
                     hypervisor=self.hypervisor,
                     port_forwards=forwards,
+                    user_network_egress=inst.egress,
                     metadata={"instance": inst.id, "name": inst.name},
                 )
             )

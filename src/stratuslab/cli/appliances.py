@@ -8,6 +8,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from stratuslab.cli import output
+from stratuslab.cli.context import AppContext, json_option, pass_app
 from stratuslab.config import default_data_dir
 
 
@@ -65,3 +67,64 @@ def build(recipe: str, output: Path | None, cache_dir: Path | None) -> None:
     console.print(f"[green]{how}[/] {result.image} ({size:.1f} MiB) in {elapsed:.1f} s")
     console.print(f"metadata: {result.metadata_path}")
     click.echo(str(result.image))
+
+
+@appliance.command("derive")
+@click.argument("base")
+@click.option("--name", required=True, help="Name of the new image.")
+@click.option("-a", "--packages", default="", help="Comma-separated packages to install.")
+@click.option(
+    "-s",
+    "--script",
+    "scripts",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Shell script to run as root in the guest (repeatable, in order).",
+)
+@click.option("-t", "--type", "flavor", help="Flavor of the build instance.")
+@click.option("--timeout", type=float, default=900.0, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the build instance (for debugging).")
+@json_option
+@pass_app
+def derive_cmd(
+    app: AppContext,
+    base: str,
+    name: str,
+    packages: str,
+    scripts: tuple[Path, ...],
+    flavor: str | None,
+    timeout: float,
+    keep: bool,
+) -> None:
+    """Derive a new image from BASE: boot it, install packages, run scripts, clean, save.
+
+    Like the original `stratus-create-image`. Packages need the guest to reach a mirror
+    (controller setting guest_egress = true).
+    """
+    from stratuslab.cli.derive import derive
+
+    console = Console(stderr=True)
+    with console.status("deriving", spinner="dots") as status:
+
+        def step(message: str) -> None:
+            status.update(message)
+            console.log(message)
+
+        image = derive(
+            app,
+            base=base,
+            name=name,
+            packages=[p for p in packages.split(",") if p.strip()],
+            scripts=scripts,
+            flavor=flavor,
+            timeout=timeout,
+            keep=keep,
+            step=step,
+        )
+    output.emit(
+        app,
+        [image],
+        ("id", "name", "status"),
+        [(image.id, image.name, image.status)],
+        ids=[image.id],
+    )

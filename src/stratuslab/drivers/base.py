@@ -160,8 +160,10 @@ class DomainSpec:
     console_log: Path
     hypervisor: Hypervisor = Hypervisor.QEMU
     arch: str = "x86_64"
-    #: QEMU user-mode NIC with these forwards (restrict=on: no route anywhere else).
+    #: QEMU user-mode NIC with these forwards.
     user_network: bool = True
+    #: user-mode NAT to whatever the host reaches; False (restrict=on): only the forwards.
+    user_network_egress: bool = False
     port_forwards: tuple[PortForward, ...] = ()
     mac: str | None = None
     #: TCG translation-cache size in MiB (QEMU reserves 1 GiB per guest otherwise).

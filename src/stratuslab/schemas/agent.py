@@ -34,9 +34,16 @@ class Heartbeat(WireIn):
 
 class ImageRef(Wire):
     id: str
+    #: digests of the (uncompressed) image; the node checks every one given
     sha256: str
     format: str
+    #: size of the (uncompressed) image
     size_bytes: int
+    #: where to download it (http, https, file URLs), in order; none: from the controller
+    locations: list[str] = Field(default_factory=list)
+    #: how the files at ``locations`` are compressed: gz, bz2, xz (default: by URL suffix)
+    compression: str | None = None
+    sha512: str | None = None
 
 
 class DesiredInstance(Wire):
@@ -54,6 +61,8 @@ class DesiredInstance(Wire):
     user_data: str | None
     context_method: str = "nocloud"
     context: dict[str, str] = Field(default_factory=dict)
+    #: user-mode NAT to the outside (site setting guest_egress); otherwise forwards only
+    egress: bool = False
     #: save the (stopped) root disk as this image
     save_image_id: str | None = None
     reboot_seq: int

@@ -27,7 +27,9 @@ from stratuslab.types import InstanceStatus
 CONSOLE_LIMIT = 1024 * 1024
 
 
-def desired_state(session: Session, host: Host, stop_timeout: float) -> DesiredState:
+def desired_state(
+    session: Session, host: Host, stop_timeout: float, *, egress: bool = False
+) -> DesiredState:
     rows = session.execute(
         select(Instance, Image)
         .join(Image, Image.id == Instance.image_id)
@@ -69,6 +71,7 @@ def desired_state(session: Session, host: Host, stop_timeout: float) -> DesiredS
             context_method=str(inst.spec.get("context_method") or "nocloud"),
             context=dict(inst.spec.get("context") or {}),
             save_image_id=(inst.spec.get("save") or {}).get("image_id"),
+            egress=egress,
             reboot_seq=inst.reboot_seq,
             reboot_hard=inst.reboot_hard,
             stop_timeout=stop_timeout,

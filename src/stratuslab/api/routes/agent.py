@@ -49,7 +49,9 @@ def _desired(ctx: Ctx, host_id: str) -> DesiredState:
     with ctx.sessions() as s:
         row = s.get(models.Host, host_id)
         assert row is not None
-        return agent.desired_state(s, row, ctx.settings.stop_timeout)
+        return agent.desired_state(
+            s, row, ctx.settings.stop_timeout, egress=ctx.settings.guest_egress
+        )
 
 
 def _generation(ctx: Ctx, host_id: str) -> int:

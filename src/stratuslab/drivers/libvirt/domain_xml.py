@@ -64,7 +64,8 @@ def domain_xml(spec: DomainSpec) -> str:
 
 def user_network_args(spec: DomainSpec) -> list[str]:
     """QEMU arguments for the user-mode NIC with ``spec``'s port forwards."""
-    netdev = ",".join([f"user,id={NETDEV_ID}", "restrict=on", *map(_hostfwd, spec.port_forwards)])
+    restrict = "restrict=off" if spec.user_network_egress else "restrict=on"
+    netdev = ",".join([f"user,id={NETDEV_ID}", restrict, *map(_hostfwd, spec.port_forwards)])
     nic = ",".join(
         [
             f"virtio-net-pci,netdev={NETDEV_ID}",
