@@ -64,7 +64,8 @@ class LocalWorkspace:
         d.chmod(0o755)
         root = d / "root.qcow2"
         if not root.exists():
-            _overlay(base, inst.image.format, root)
+            # the cache may have converted the image: the base file's suffix is its format
+            _overlay(base, base.suffix.lstrip(".") or inst.image.format, root)
         seed = d / "seed.iso"
         if not seed.exists():
             label, files = build_context(ContextMethod(inst.context_method), context_spec(inst))

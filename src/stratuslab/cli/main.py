@@ -18,6 +18,7 @@ from stratuslab.cli import (
     instances,
     output,
 )
+from stratuslab.cli import marketplace as marketplace_cli
 from stratuslab.cli.context import AppContext
 
 
@@ -61,6 +62,9 @@ def cli(
 for command in (*instances.COMMANDS, events.events, *allinone.COMMANDS):
     cli.add_command(command)
 for group in (images.image, flavors.flavor, hosts.host, admin.admin, appliances.appliance):
+    cli.add_command(group)
+marketplace_cli.register(images.image)  # build-metadata, sign, validate, upload, search, ...
+for group in marketplace_cli.GROUPS:  # marketplace sync, imagelist import|export, policy check
     cli.add_command(group)
 
 

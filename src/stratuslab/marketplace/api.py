@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from stratuslab.db.session import transaction
 from stratuslab.errors import InvalidInput, ServiceUnavailable
-from stratuslab.marketplace import service
+from stratuslab.marketplace import imagelist, service
 from stratuslab.marketplace.context import MarketplaceContext
 from stratuslab.marketplace.metadata import describe_errors
 from stratuslab.marketplace.models import MarketplaceEntry
@@ -31,12 +31,15 @@ from stratuslab.marketplace.schemas import (
     Entry,
     EntryEndorser,
     EntryUpload,
+    Feed,
+    FeedItem,
     SignedEntry,
 )
 from stratuslab.marketplace.store import SearchFilter
 from stratuslab.schemas.common import Page
 
 router = APIRouter(prefix="/marketplace", tags=["marketplace"])
+LISTED_FORMAT = "S/MIME signed HEPiX image list (the entry is one of its images)"
 ACCEPTED_TYPES = "application/json ({metadata, signature} base64) or multipart/form-data"
 
 
@@ -229,10 +232,12 @@ def get_signed(entry_id: str, mp: MarketplaceDep) -> SignedEntry:
     """The exact signed bytes and signature, base64, so anyone can verify again."""
     with mp.sessions() as session:
         entry = service.get_entry(session, entry_id)
+    listed = imagelist.is_smime(entry.signature)
     return SignedEntry(
         entry_id=entry.id,
         metadata=base64.b64encode(entry.metadata_bytes).decode("ascii"),
         signature=base64.b64encode(entry.signature).decode("ascii"),
+        signature_format=LISTED_FORMAT if listed else "CMS SignedData, detached, DER",
     )
 
 
@@ -247,7 +252,36 @@ def get_metadata_bytes(entry_id: str, mp: MarketplaceDep) -> Response:
 def get_signature_bytes(entry_id: str, mp: MarketplaceDep) -> Response:
     with mp.sessions() as session:
         entry = service.get_entry(session, entry_id)
-    return Response(entry.signature, media_type="application/pkcs7-signature")
+    listed = imagelist.is_smime(entry.signature)
+    media_type = "message/rfc822" if listed else "application/pkcs7-signature"
+    return Response(entry.signature, media_type=media_type)
+
+
+@router.get("/feed")
+def entry_feed(
+    mp: MarketplaceDep,
+    after: Annotated[str | None, Query(max_length=200)] = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> Feed:
+    """Every stored entry with its signed bytes, in storage order, for replication: start
+    at a storage time (``since``) or after the ``cursor`` of the last entry seen."""
+    with mp.sessions() as session:
+        entries = service.feed(session, since=since, after=after, limit=limit)
+        items = [
+            FeedItem(
+                entry_id=e.id,
+                identifier=e.identifier,
+                endorser=e.endorser_key,
+                created=e.created,
+                uploaded_at=e.uploaded_at,
+                metadata=base64.b64encode(e.metadata_bytes).decode("ascii"),
+                signature=base64.b64encode(e.signature).decode("ascii"),
+                cursor=service.feed_cursor(e),
+            )
+            for e in entries
+        ]
+    return Feed(items=items, next=items[-1].cursor if len(items) == limit else None)
 
 
 @router.get("/endorsers")

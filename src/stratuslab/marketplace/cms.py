@@ -124,3 +124,40 @@ def _attribute(attrs: Any, name: str) -> Any:
     if len(values) != 1 or len(values[0]) != 1:
         return None
     return values[0][0]
+
+
+def detach(signature: bytes) -> tuple[bytes | None, bytes]:
+    """Split a SignedData that embeds its content (S/MIME "opaque" signing, ``openssl cms
+    -nodetach``) into the content and an equivalent detached signature.
+
+    The signer infos are kept byte for byte, so the signature still verifies over the content.
+    A detached signature comes back unchanged with ``None`` content.
+    """
+    der = _dearmor(signature)
+    try:
+        info = cms.ContentInfo.load(der, strict=True)
+        if info["content_type"].native != "signed_data":
+            raise VerificationError(
+                f"the signature is a CMS {info['content_type'].native}, not signed data",
+                hint=_HINT,
+            )
+        signed = info["content"]
+        content = signed["encap_content_info"]["content"].native
+        if content is None:
+            return None, der
+        if not isinstance(content, bytes):
+            raise VerificationError(
+                "the signed content is not plain data", hint="sign the document as data"
+            )
+        stripped = signed.copy()
+        stripped["encap_content_info"] = cms.ContentInfo(
+            {"content_type": signed["encap_content_info"]["content_type"].native}
+        )
+        detached = cms.ContentInfo({"content_type": "signed_data", "content": stripped})
+        return content, detached.dump()
+    except VerificationError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise VerificationError(
+            f"the signature is not a valid CMS/PKCS#7 structure: {exc}", hint=_HINT
+        ) from exc

@@ -59,3 +59,24 @@ class Endorser(Wire):
     entries: int
     images: int
     latest: datetime
+
+
+class FeedItem(Wire):
+    """One stored entry for replication: the exact bytes, base64 (standard alphabet)."""
+
+    entry_id: str
+    identifier: str
+    endorser: str
+    created: datetime
+    uploaded_at: datetime
+    metadata: str
+    signature: str
+    cursor: str
+
+
+class Feed(Wire):
+    """A page of entries in storage order; ``next`` is the cursor to ask for the next page
+    (``None``: this was the last page for now)."""
+
+    items: list[FeedItem]
+    next: str | None

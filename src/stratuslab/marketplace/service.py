@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from stratuslab.errors import Conflict, InvalidInput, NotFound
-from stratuslab.marketplace import store
+from stratuslab.marketplace import imagelist, store
 from stratuslab.marketplace.ids import is_identifier
 from stratuslab.marketplace.metadata import parse_metadata
 from stratuslab.marketplace.models import MarketplaceEntry
@@ -43,11 +43,62 @@ def submit(
     require_crls: bool = False,
     max_clock_skew: timedelta = DEFAULT_CLOCK_SKEW,
 ) -> MarketplaceEntry:
-    """Verify a signed entry at ``now`` and store it; nothing is stored if anything fails."""
-    verified = verify_entry(
-        metadata_bytes, signature, trust, at=_utc(now), require_crls=require_crls
-    )
+    """Verify a signed entry at ``now`` and store it; nothing is stored if anything fails.
+
+    ``signature`` is a detached CMS, or for an entry made from a HEPiX image list the signed
+    list itself (an S/MIME message, see :mod:`stratuslab.marketplace.imagelist`).
+    """
+    verify = imagelist.verify_listed_entry if imagelist.is_smime(signature) else verify_entry
+    verified = verify(metadata_bytes, signature, trust, at=_utc(now), require_crls=require_crls)
     return store_verified(session, verified, now=now, max_clock_skew=max_clock_skew)
+
+
+def holds(session: Session, metadata_bytes: bytes, signature: bytes) -> bool:
+    """Whether exactly this signed entry is already stored (replication skips it)."""
+    try:
+        meta = parse_metadata(metadata_bytes)
+    except InvalidInput:
+        return False
+    if meta.endorser is None:
+        return False
+    entry = store.exact(session, meta.identifier, meta.endorser.key, meta.created)
+    return (
+        entry is not None
+        and entry.metadata_bytes == metadata_bytes
+        and entry.signature == signature
+    )
+
+
+def feed(
+    session: Session, *, since: datetime | None, after: str | None, limit: int
+) -> list[MarketplaceEntry]:
+    """Every entry in storage order (``uploaded_at``, id), for replication.
+
+    ``after`` is the cursor of the last entry seen (:func:`feed_cursor`); ``since`` starts
+    at a storage time instead.
+    """
+    if not 1 <= limit <= 1000:
+        raise InvalidInput(f"bad page: limit {limit}", hint="limit is 1..1000")
+    position = None
+    if after is not None:
+        position = parse_feed_cursor(after)
+    elif since is not None:
+        position = (_utc(since), "")
+    return store.feed(session, position, limit)
+
+
+def feed_cursor(entry: MarketplaceEntry) -> str:
+    return f"{_utc(entry.uploaded_at).isoformat()}~{entry.id}"
+
+
+def parse_feed_cursor(cursor: str) -> tuple[datetime, str]:
+    when, _, entry_id = cursor.partition("~")
+    try:
+        return _utc(datetime.fromisoformat(when)), entry_id
+    except ValueError as exc:
+        raise InvalidInput(
+            f"{cursor!r} is not a feed cursor", hint="pass the cursor a feed page returned"
+        ) from exc
 
 
 def store_verified(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -14,6 +15,7 @@ from stratuslab.marketplace.policy import EntryStatus
 from stratuslab.marketplace.verify import VerifiedEntry
 
 E = MarketplaceEntry
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -111,17 +113,27 @@ def add_entry(
 
 
 def search(session: Session, f: SearchFilter, now: datetime) -> tuple[list[MarketplaceEntry], int]:
-    """The newest entry of each (image, endorser) matching ``f``: one page and the total."""
-    stmt = _filtered(select(E).join(MarketplaceHead, MarketplaceHead.entry_id == E.id), f, now)
-    total = session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
-    page = stmt.order_by(E.created.desc(), E.identifier, E.endorser_key)
-    items = list(session.scalars(page.limit(f.limit).offset(f.offset)))
-    return items, total
+    """The newest entry of each (image, endorser) matching ``f``: one page and the total.
+
+    The filtering and the sort carry entry ids only; the page's rows are loaded afterwards
+    (sorting whole rows, signed bytes included, costs more than the search itself).
+    """
+    ids_query = _filtered(
+        select(E.id).join(MarketplaceHead, MarketplaceHead.entry_id == E.id), f, now
+    )
+    ordered = ids_query.order_by(E.created.desc(), E.identifier, E.endorser_key)
+    ids = list(session.scalars(ordered.limit(f.limit).offset(f.offset)))
+    if f.offset == 0 and len(ids) < f.limit:
+        total = len(ids)
+    else:
+        total = session.scalar(select(func.count()).select_from(ids_query.subquery())) or 0
+    if not ids:
+        return [], total
+    rows = {e.id: e for e in session.scalars(select(E).where(E.id.in_(ids)))}
+    return [rows[i] for i in ids], total
 
 
-def _filtered(
-    stmt: Select[MarketplaceEntry], f: SearchFilter, now: datetime
-) -> Select[MarketplaceEntry]:
+def _filtered(stmt: Select[T], f: SearchFilter, now: datetime) -> Select[T]:
     if f.tag is not None:
         stmt = stmt.join(MarketplaceTag, MarketplaceTag.entry_id == E.id).where(
             MarketplaceTag.tag == f.tag
@@ -217,3 +229,12 @@ def endorsers(session: Session) -> list[EndorserRow]:
             )
         )
     return rows
+
+
+def feed(session: Session, position: tuple[datetime, str] | None, limit: int) -> list[E]:
+    """Entries after ``position`` (``uploaded_at``, id) in that order."""
+    stmt = select(E)
+    if position is not None:
+        when, entry_id = position
+        stmt = stmt.where(or_(E.uploaded_at > when, and_(E.uploaded_at == when, E.id > entry_id)))
+    return list(session.scalars(stmt.order_by(E.uploaded_at, E.id).limit(limit)))
