@@ -115,6 +115,11 @@ class Image(Base):
     source_instance_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     #: unsigned marketplace metadata generated for a saved image (a draft until signed)
     metadata_draft: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: a marketplace image: its 27-character identifier; nodes fetch it from ``locations``
+    marketplace_id: Mapped[str | None] = mapped_column(String(27), nullable=True, index=True)
+    locations: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    compression: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    sha512: Mapped[str | None] = mapped_column(String(128), nullable=True)
     status_reason: Mapped[str] = mapped_column(Text, default="")
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)

@@ -22,6 +22,20 @@ class MarketplaceEntry(Base):
     __table_args__ = (
         UniqueConstraint("identifier", "endorser_key", "created", name="uq_marketplace_entry"),
         Index("ix_marketplace_entries_endorser", "endorser_key", "created"),
+        # covers search: filter and order without reading the signed bytes
+        Index(
+            "ix_marketplace_entries_search",
+            "created",
+            "id",
+            "identifier",
+            "endorser_key",
+            "deprecated",
+            "valid_until",
+            "kind",
+            "os",
+            "os_arch",
+        ),
+        Index("ix_marketplace_entries_uploaded", "uploaded_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

@@ -27,6 +27,11 @@ from stratuslab.services.auth import Principal
 from stratuslab.services.context import UnitOfWork
 from stratuslab.services.flavors import get_flavor
 from stratuslab.services.images import get_image
+from stratuslab.services.marketplace_images import (
+    load_site_policy,
+    policy_path,
+    resolve_image,
+)
 from stratuslab.services.placement import check_possible, claim, snapshot_hosts
 from stratuslab.types import DesiredState, InstanceStatus
 
@@ -142,7 +147,8 @@ def create_instances(
 ) -> tuple[Operation, list[Instance]]:
     s = uow.session
     settings = uow.ctx.settings
-    image = get_image(s, principal, req.image)
+    policy = load_site_policy(policy_path(settings.data_dir))
+    image = resolve_image(s, principal, req.image, policy=policy, now=utcnow())
     flavor = get_flavor(s, req.flavor)
     keys = _validate_keys(req.ssh_keys)
     context = _context_spec(req, settings.context_method, settings.cloud_config_schema)
