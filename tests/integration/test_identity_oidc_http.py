@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from stratuslab.errors import ServiceUnavailable, Unauthorized
 from stratuslab.identity.oidc import JwksCache, OidcVerifier, httpx_fetcher, issuer_from_config
 from stratuslab.types import Role
-from tests.identity_pki import Issuer, serve_issuer
+from tests.identity_pki import NOW, Issuer, serve_issuer
 
 
 @pytest.fixture
@@ -39,7 +38,7 @@ def verifier(issuer: Issuer, client: httpx.Client) -> OidcVerifier:
 
 def test_discovery_then_cached_keys(issuer: Issuer, client: httpx.Client) -> None:
     check = verifier(issuer, client)
-    now = datetime.now(UTC)
+    now = NOW
     for alg in ("RS256", "ES256", "RS256"):
         identity = check.verify(issuer.token(alg=alg, **{"wlcg.groups": ["/atlas"]}), now=now)
         assert identity.project_roles == {"atlas": Role.MEMBER}
@@ -51,7 +50,7 @@ def test_tampered_token_over_http(issuer: Issuer, client: httpx.Client) -> None:
     head, payload, sig = token.split(".")
     flipped = sig[:-2] + ("AA" if sig[-2:] != "AA" else "BB")
     with pytest.raises(Unauthorized) as err:
-        verifier(issuer, client).verify(f"{head}.{payload}.{flipped}", now=datetime.now(UTC))
+        verifier(issuer, client).verify(f"{head}.{payload}.{flipped}", now=NOW)
     assert err.value.code == "jwt_bad_signature"
 
 
@@ -60,7 +59,7 @@ def test_unreachable_issuer(client: httpx.Client) -> None:
         url = gone.url
     issuer = Issuer(url=url)
     with pytest.raises(ServiceUnavailable) as err:
-        verifier(issuer, client).verify(issuer.token(), now=datetime.now(UTC))
+        verifier(issuer, client).verify(issuer.token(), now=NOW)
     assert err.value.code == "oidc_keys_unavailable"
 
 
@@ -70,4 +69,4 @@ def test_missing_jwks_document(issuer: Issuer, client: httpx.Client) -> None:
     )
     check = OidcVerifier([config], JwksCache(httpx_fetcher(client)))
     with pytest.raises(ServiceUnavailable, match="404"):
-        check.verify(issuer.token(), now=datetime.now(UTC))
+        check.verify(issuer.token(), now=NOW)
