@@ -5,6 +5,11 @@
 (c) change a security group on a running port, with ``--ports`` other ports already bound
 (d) DHCP lease: busybox udhcpc in an "instance" namespace, from start to bound
 (e) with ``--guest``: a tiny-appliance guest under TCG, from QEMU start to its lease
+(f) with ``--cloud``: the same through the controller: the real app (SQLite) and an
+    in-process agent (fake compute driver, the Linux host driver in the namespace): a network
+    and a first instance on it until the host carries both; a NIC hot-attach until its
+    operation succeeds; a security-group rule until the host applied it; an agent pass
+    with nothing to change (``--cloud N``: N instances with a NIC each)
 
 Prints median and p90 over ``--runs``. Run as root (iproute2, nftables, dnsmasq, busybox):
 
@@ -19,8 +24,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -168,11 +175,105 @@ def bench_guest(lab: NetnsLab, driver: LinuxNetworkDriver, runs: int, work: Path
     return values
 
 
+def bench_cloud(lab: NetnsLab, runs: int, instances: int) -> None:
+    """(f): the control plane around the driver; prints its own lines."""
+    import tempfile
+
+    from fastapi.testclient import TestClient
+
+    from stratuslab.agent.networks import AgentNetworks, FakeNics
+    from stratuslab.api.app import build_ctx, create_app
+    from stratuslab.config import ControllerSettings
+    from stratuslab.drivers.fake import FakeComputeDriver
+    from stratuslab.services import auth, flavors
+    from tests.conftest import make_qcow2
+    from tests.integration.test_lifecycle import start_node
+
+    work = Path(tempfile.mkdtemp(prefix="bench-net-"))
+    settings = ControllerSettings(data_dir=work / "data", database_url=f"sqlite:///{work}/c.db")
+    ctx = build_ctx(settings)
+    with ctx.uow() as s:
+        user, project = auth.ensure_admin(s)
+        flavors.ensure_builtin(s, user.id, project.id)
+        token = auth.issue_token(s, user, project, "bench")
+    host = lab.namespace("cloud")
+    driver = LinuxNetworkDriver(
+        state_dir=lab.state_dir("cloud"), netns=host.name, manage_sysctls=True
+    )
+    with TestClient(create_app(settings, ctx=ctx, background=False)) as api:
+        api.headers["Authorization"] = f"Bearer {token}"
+        disk = make_qcow2(work / "disk.qcow2", "16M")
+        api.post("/api/v1/images", params={"name": "base"}, content=disk.read_bytes())
+        join = api.post("/api/v1/hosts/tokens").json()["token"]
+        big = FakeComputeDriver(hostname="node-1", vcpus=4096, memory_mib=1 << 24)
+        node = start_node(api, join, driver=big)
+        node.agent.reconciler.networks = AgentNetworks(driver, FakeNics())
+        _cloud_runs(api, node, driver, runs, instances)
+        node.link.close()
+    ctx.close()
+
+
+def _cloud_runs(api: Any, node: Any, driver: LinuxNetworkDriver, runs: int, count: int) -> None:
+    from stratuslab.drivers.network.base import tap_name
+
+    created, attached, rules = [], [], []
+    for run in range(runs):
+        name = f"c{run}"
+        started = time.perf_counter()
+        body = {"name": name, "cidr4": f"198.19.{100 + run}.0/24"}
+        made = api.post("/api/v1/networks", json={**body, "gateway4": f"198.19.{100 + run}.1"})
+        assert made.status_code == 201, made.text
+        resp = api.post(
+            "/api/v1/instances",
+            json={"image": "base", "flavor": "t1.micro", "name": f"vm{run}", "networks": [name]},
+        )
+        assert resp.status_code == 202, resp.text
+        vm = resp.json()["instances"][0]
+        node.settle(partial(_carries, driver, name))
+        created.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        op = api.post(f"/api/v1/instances/{vm['id']}/nics", json={"network": name}).json()
+        node.settle(partial(_finished, api, op["id"]))
+        attached.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        rule = {"direction": "ingress", "protocol": "tcp", "port_min": 1000 + run}
+        api.post("/api/v1/security-groups/default/rules", json=rule)
+        node.settle(partial(_has_port, driver, tap_name(vm["id"], 0), 1000 + run))
+        rules.append(time.perf_counter() - started)
+    report("(f) cloud: network + first instance on host", created)
+    report("(f) cloud: NIC hot-attach, API -> op done", attached)
+    report("(f) cloud: SG rule, API -> applied on host", rules)
+    for i in range(count):
+        api.post(
+            "/api/v1/instances",
+            json={"image": "base", "flavor": "t1.micro", "name": f"many{i}", "networks": ["c0"]},
+        )
+    node.settle()
+    node.settle()
+    passes = [timed(lambda: node.agent.step(wait=0)) for _ in range(max(3, runs // 2))]
+    report(f"(f) cloud: idle agent pass, {count + 2 * runs} NICs", passes)
+
+
+def _carries(driver: LinuxNetworkDriver, name: str) -> bool:
+    return name in driver.networks()
+
+
+def _finished(api: Any, op_id: str) -> bool:
+    return bool(api.get(f"/api/v1/operations/{op_id}").json()["status"] != "running")
+
+
+def _has_port(driver: LinuxNetworkDriver, tap: str, port: int) -> bool:
+    return any(rule.port_min == port for rule in driver.security_group(tap) or ())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--ports", type=int, default=100, help="other bound ports for (c)")
     parser.add_argument("--guest", type=int, default=0, help="tiny-guest boots for (e)")
+    parser.add_argument(
+        "--cloud", type=int, default=-1, help="(f) through the controller, with N more instances"
+    )
     args = parser.parse_args()
     with netns_lab() as lab:
         host = lab.namespace("bench")
@@ -194,6 +295,8 @@ def main() -> None:
             for port in driver.status(name).ports:
                 driver.unplug(port)
             driver.remove_network(name)
+        if args.cloud >= 0:
+            bench_cloud(lab, min(args.runs, 50), args.cloud)
 
 
 if __name__ == "__main__":

@@ -69,8 +69,8 @@ def admin_token(ctx: Ctx) -> str:
 
 @pytest.fixture
 def member_token(ctx: Ctx, admin_token: str) -> str:
-    """A non-admin user in another project."""
-    from stratuslab.db.models import Project, User
+    """A non-admin user (a member of project "physics", another project)."""
+    from stratuslab.db.models import Project, ProjectMember, User
 
     with ctx.uow() as s:
         project = Project(name="physics")
@@ -79,6 +79,7 @@ def member_token(ctx: Ctx, admin_token: str) -> str:
         user = User(name="alice", role=Role.MEMBER.value, default_project_id=project.id)
         s.add(user)
         s.flush()
+        s.add(ProjectMember(project_id=project.id, user_id=user.id, role=Role.MEMBER.value))
         return auth.issue_token(s, user, project, "tests")
 
 

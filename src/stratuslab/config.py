@@ -68,6 +68,60 @@ class ControllerSettings:
     #: CA certificates and CRLs (grid-security layout) for verifying marketplace entries;
     #: empty: the built-in marketplace is read-only
     trust_dir: str = ""
+    # -- identity (docs/identity.md) ----------------------------------------------------
+    #: how users may authenticate, comma-separated, besides API tokens (always on):
+    #: password, x509, oidc
+    auth_methods: str = "password"
+    #: seconds a token made by `stratus login` lives; the cap of every token (0: no cap)
+    login_token_lifetime: float = 12 * 3600.0
+    token_max_lifetime: float = 365 * 24 * 3600.0
+    #: failed logins allowed per user name and per source address within the window
+    login_failures_per_user: int = 5
+    login_failures_per_address: int = 20
+    login_failure_window: float = 900.0
+    #: argon2id parameters for new password hashes (RFC 9106 second recommendation)
+    argon2_memory_kib: int = 65536
+    argon2_time_cost: int = 3
+    argon2_parallelism: int = 4
+    #: TLS front proxies whose forwarded client-certificate header is believed (addresses
+    #: or CIDR networks, comma-separated) and the header's name
+    trusted_proxies: str = ""
+    x509_header: str = "X-SSL-Client-Cert"
+    #: CA certificates and CRLs for client certificates (empty: trust_dir)
+    x509_trust_dir: str = ""
+    x509_require_crls: bool = False
+    #: grid-mapfile ("DN" user) consulted when a DN is not linked to a user
+    grid_mapfile: str = ""
+    #: TOML file with [[oidc.issuers]] tables (docs/identity.md)
+    oidc_issuers_file: str = ""
+    #: quota of a new project, e.g. "instances=20 vcpus=20 ram_mib=40960" (empty: built-in)
+    default_project_quota: str = ""
+    #: self-registration: request, e-mail check, admin approval
+    registration: bool = False
+    #: base URL users reach the controller at (links in e-mails); empty: http://host:port
+    public_url: str = ""
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = "stratuslab@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: str = ""
+    #: seconds before a project's instance lifetime limit stops an instance to warn
+    lifetime_warning: float = 3600.0
+    #: EGI APEL cloud accounting: GOCDB site name, service, benchmark per vCPU
+    apel_site_name: str = ""
+    apel_cloud_compute_service: str = ""
+    apel_benchmark_type: str = ""
+    apel_benchmark: float = 0.0
+    # -- networks (docs/networking.md) -------------------------------------------------
+    #: locally administered prefix of instance NIC MACs
+    mac_prefix: str = "02:00"
+    #: per-host range of host ports handed out to port forwards (PAT)
+    pat_port_base: int = 30000
+    pat_port_count: int = 2000
+    # -- volumes (docs/volumes.md) ------------------------------------------------------
+    #: seconds deleted volumes and deleted instances' disks are kept before they are wiped
+    volume_quarantine: float = 900.0
 
     @property
     def effective_database_url(self) -> str:
@@ -89,6 +143,26 @@ class NodeSettings:
     heartbeat_interval: float = 10.0
     #: seconds between full reconcile passes when nothing changes
     resync_interval: float = 15.0
+    # -- networks (docs/networking.md) ---------------------------------------------------
+    #: host networking driver: none (user-mode NAT only: the all-in-one default) | linux | fake
+    network_driver: str = "none"
+    #: run the network driver inside this network namespace (tests stand in for hosts)
+    network_netns: str = ""
+    #: where the network driver keeps its state (mode 0755); empty: STATE_DIR/network
+    network_state_dir: str = ""
+    #: let the driver set ip_forward and bridge-nf-call-ip(6)tables (in network_netns only)
+    network_manage_sysctls: bool = False
+    #: this host's underlay IPv4 address for VXLAN networks (empty: none here)
+    network_underlay: str = ""
+    #: the volume pool of this node: file | iscsi | fake | none (fake with the fake driver)
+    volume_backend: str = "file"
+    #: where the pool keeps its volumes; empty: STATE_DIR/volumes
+    volume_dir: str = ""
+    #: file backend: qcow2 | raw
+    volume_format: str = "qcow2"
+    #: iscsi backend: the tgtd portal QEMU's initiator connects to
+    volume_portal: str = "127.0.0.1"
+    volume_portal_port: int = 3260
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ CLI maps it to an exit code in exactly one place (``cli/output.py``)::
     ├── ServiceUnavailable  controller unreachable (503)        exit 9
     ├── OperationTimeout    the client stopped waiting          exit 10
     ├── VerificationError   a signature or checksum is refused  exit 11
-    └── QuotaExceeded       a project or user quota (409)       exit 12
+    ├── QuotaExceeded       a project or user quota (409)       exit 12
+    └── RateLimited         too many attempts (429)             exit 13
 
 On the wire an error is ``{"code", "category", "message", "hint", "details"}``: ``code`` is
 specific and stable (``no_hosts``), ``category`` is the class's code (``no_capacity``) so a
@@ -151,6 +152,14 @@ class QuotaExceeded(StratusError):
     exit_code = 12
 
 
+class RateLimited(StratusError):
+    """Too many attempts (failed logins): try again after ``details.retry_after`` seconds."""
+
+    code = "rate_limited"
+    status = 429
+    exit_code = 13
+
+
 ERRORS_BY_CODE: dict[str, type[StratusError]] = {
     cls.code: cls
     for cls in (
@@ -167,6 +176,7 @@ ERRORS_BY_CODE: dict[str, type[StratusError]] = {
         OperationTimeout,
         VerificationError,
         QuotaExceeded,
+        RateLimited,
     )
 }
 

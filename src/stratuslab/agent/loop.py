@@ -118,6 +118,7 @@ class Agent:
         desired = self.link.desired(since=self.generation, wait=wait)
         report = Report()
         now = time.monotonic()
+        report.events.extend(self.reconciler.networks.ensure_networks(desired))
         for inst in desired.instances:
             result = self.reconciler.converge(inst)
             report.instances.append(result.observed)
@@ -126,6 +127,7 @@ class Agent:
                 self.fast_until = max(self.fast_until, now + BUSY_INTERVAL)
             if any(e.kind in ("instance.started", "instance.rebooted") for e in result.events):
                 self.fast_until = max(self.fast_until, now + BOOT_WINDOW)
+        report.events.extend(self.reconciler.networks.finish(desired))
         keep = {i.id for i in desired.instances}
         report.events.extend(self.reconciler.collect_garbage(keep))
         live = [i.id for i in desired.instances if i.desired != "deleted"]

@@ -15,7 +15,9 @@ import click
 from stratuslab.agent.controller import ControllerLink
 from stratuslab.agent.image_cache import FakeImageCache, ImageCache
 from stratuslab.agent.loop import Agent, host_capacity
+from stratuslab.agent.networks import build_networks
 from stratuslab.agent.reconcile import Images, Reconciler, Saver
+from stratuslab.agent.volumes import VolumeLink, attach_pool
 from stratuslab.agent.workspace import (
     FakeWorkspace,
     LocalWorkspace,
@@ -75,7 +77,7 @@ def load_credential(settings: NodeSettings) -> dict[str, str]:
 
 
 def build_agent(settings: NodeSettings, driver: ComputeDriver, cred: dict[str, str]) -> Agent:
-    link = ControllerLink(cred["controller_url"], cred["credential"])
+    link = VolumeLink(cred["controller_url"], cred["credential"])
     workspace: Workspace
     images: Images
     saver: Saver | None = None
@@ -86,7 +88,16 @@ def build_agent(settings: NodeSettings, driver: ComputeDriver, cred: dict[str, s
         workspace, saver = local, RootDiskSaver(local, link)
         images = ImageCache(settings.state_dir / "images", link)
     hypervisor = driver.capabilities().hypervisor
-    reconciler = Reconciler(driver, workspace, images, hypervisor=hypervisor, saver=saver)
+    root_disk = (
+        (lambda iid: local.dir(iid) / "root.qcow2")
+        if isinstance(workspace, LocalWorkspace)
+        else (lambda iid: Path(f"/fake/{iid}/root.qcow2"))
+    )
+    volumes = attach_pool(settings, link, images, root_disk)
+    reconciler = Reconciler(
+        driver, workspace, images, hypervisor=hypervisor, saver=saver, volumes=volumes
+    )
+    reconciler.networks = build_networks(settings)
     return Agent(
         link,
         reconciler,

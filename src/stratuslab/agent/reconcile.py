@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from stratuslab.agent.networks import AgentNetworks
+from stratuslab.agent.volumes import InstanceVolumes
 from stratuslab.agent.workspace import Workspace
 from stratuslab.drivers.base import DOMAIN_PREFIX, ComputeDriver, DomainSpec, PortForward
 from stratuslab.errors import ServiceUnavailable, StratusError
@@ -61,8 +63,14 @@ class Reconciler:
         hypervisor: Hypervisor,
         clock: Callable[[], float] = time.monotonic,
         saver: Saver | None = None,
+        volumes: InstanceVolumes | None = None,
+        networks: AgentNetworks | None = None,
     ) -> None:
         self.saver: Saver = saver or NoSaver()
+        #: the node's volume pool (agent/volumes.py); None: this node has none
+        self.volumes = volumes
+        #: NICs, taps, security groups (agent/networks.py); default: user-mode NAT only
+        self.networks = networks or AgentNetworks(None, None)
         self.driver = driver
         self.workspace = workspace
         self.images = images
@@ -105,8 +113,13 @@ class Reconciler:
         )
 
     def _delete(self, inst: DesiredInstance) -> Result:
+        attached = self.volumes.attached(self.driver, inst.id) if self.volumes else []
         self.driver.undefine(inst.id)
+        if self.volumes is not None:
+            boot = [inst.boot_volume] if inst.boot_volume else []
+            self.volumes.released(attached + boot, inst.id)
         self.workspace.remove(inst.id)
+        self.networks.release(inst.id)
         self._stopping.pop(inst.id, None)
         self._failed.pop(inst.id, None)
         return Result(
@@ -125,7 +138,9 @@ class Reconciler:
         self._stopping.pop(inst.id, None)
         self._mark_applied(inst)
         events = self._save_if_asked(inst)
-        return Result(self._observed(inst, InstanceStatus.STOPPED), events)
+        return self._with_volumes(
+            inst, Result(self._observed(inst, InstanceStatus.STOPPED), events)
+        )
 
     def _save_if_asked(self, inst: DesiredInstance) -> list[AgentEvent]:
         image_id = inst.save_image_id
@@ -202,14 +217,38 @@ class Reconciler:
                     message="hard reset" if inst.reboot_hard else "ACPI reboot",
                 )
             )
+        self.networks.converge_instance(inst, running=True)
         self._mark_applied(inst)
-        return Result(self._observed(inst, InstanceStatus.RUNNING), events)
+        return self._with_volumes(
+            inst, Result(self._observed(inst, InstanceStatus.RUNNING), events)
+        )
+
+    def _with_volumes(self, inst: DesiredInstance, result: Result) -> Result:
+        """Hot-plug pass (agent/volumes.py): attach and detach until the domain has what
+        the controller wants, and say what it has."""
+        if self.volumes is None:
+            return result
+        attached, errors = self.volumes.sync(self.driver, inst)
+        result.observed.volumes, result.observed.volume_errors = attached, errors
+        for volume_id, reason in errors.items():
+            result.events.append(
+                AgentEvent(
+                    kind="volume.hotplug_failed",
+                    level="error",
+                    instance_id=inst.id,
+                    message=f"volume {volume_id}: {reason}",
+                )
+            )
+        return result
 
     def _provision(self, inst: DesiredInstance) -> None:
         """Image, disks, seed, domain — undone completely if any step fails."""
         try:
             base = self.images.ensure(inst.image)
             disks = self.workspace.prepare(inst, base)
+            boot = self.volumes.boot_disk(inst) if self.volumes else None
+            if boot is not None:
+                disks = (boot, *disks[1:])
             forwards = (PortForward(host_port=inst.ssh_port),) if inst.ssh_port else ()
             self.driver.define(
                 DomainSpec(
@@ -223,8 +262,12 @@ class Reconciler:
                     port_forwards=forwards,
                     user_network_egress=inst.egress,
                     metadata={"instance": inst.id, "name": inst.name},
+                    user_network=self.networks.user_network(inst),
+                    nics=self.networks.domain_nics(inst),
+                    volumes=self.volumes.define_time(inst) if self.volumes else (),
                 )
             )
+            self.networks.before_start(inst)
             self.driver.start(inst.id)
         except BaseException:
             self._cleanup(inst.id)
@@ -234,6 +277,8 @@ class Reconciler:
         with contextlib.suppress(StratusError):
             self.driver.undefine(instance_id)
         self.workspace.remove(instance_id)
+        with contextlib.suppress(StratusError):
+            self.networks.release(instance_id)
 
     def _fail(self, inst: DesiredInstance, reason: str) -> Result:
         self._failed[inst.id] = (inst.generation, reason)

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
+from stratuslab.agent.networks import guest_network
 from stratuslab.context.build import build_context
 from stratuslab.context.iso import write_seed_iso
 from stratuslab.context.spec import ContextMethod, ContextSpec
@@ -29,6 +30,7 @@ def context_spec(inst: DesiredInstance) -> ContextSpec:
         ssh_keys=tuple(inst.ssh_keys),
         user_data=base64.b64decode(inst.user_data) if inst.user_data else None,
         extra=dict(inst.context),
+        network=guest_network(inst),
     )
 
 

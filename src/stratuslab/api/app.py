@@ -14,15 +14,26 @@ from fastapi.concurrency import run_in_threadpool
 
 from stratuslab import __version__
 from stratuslab.api import problems
+from stratuslab.api.audit import AuditMiddleware
 from stratuslab.api.routes import (
     agent,
+    auth,
     events,
     flavors,
     hosts,
     images,
     instances,
+    networks,
+    nics,
     operations,
+    projects,
+    quotas,
+    register,
+    secgroups,
     system,
+    usage,
+    users,
+    volumes,
 )
 from stratuslab.config import ControllerSettings
 from stratuslab.db.session import make_engine, make_session_factory, upgrade
@@ -32,6 +43,7 @@ from stratuslab.marketplace.truststore import TrustStoreCache
 from stratuslab.schemas.common import ErrorEnvelope
 from stratuslab.services import hosts as host_service
 from stratuslab.services import instances as instance_service
+from stratuslab.services import lifetime, quarantine
 from stratuslab.services.context import Ctx
 
 log = logging.getLogger(__name__)
@@ -75,6 +87,8 @@ def housekeeping(ctx: Ctx) -> None:
     with uow as s:
         instance_service.place_pending(uow)
         host_service.mark_offline(s, ctx.settings.heartbeat_grace)
+        lifetime.enforce(uow)
+        quarantine.expire(uow, ctx.settings.volume_quarantine)
 
 
 async def _loop(ctx: Ctx, interval: float) -> None:
@@ -113,8 +127,14 @@ def create_app(
     app.state.ctx = ctx
     app.state.marketplace = marketplace_context(ctx)
     problems.install(app)
+    app.add_middleware(AuditMiddleware, ctx=ctx)
     api = APIRouter(prefix=API_PREFIX, responses=ERROR_RESPONSES)
     for module in (system, flavors, images, instances, operations, hosts, events, agent):
+        api.include_router(module.router)
+    for module in (auth, projects, users, quotas, usage, register):
+        api.include_router(module.router)
+    api.include_router(volumes.router)
+    for module in (networks, nics, secgroups):
         api.include_router(module.router)
     api.include_router(marketplace_api.router)
     app.include_router(api)

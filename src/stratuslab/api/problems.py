@@ -38,11 +38,26 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "request body"
 
 
+#: RFC 6750 error names for refused bearer credentials
+_BEARER_ERRORS = {"unauthorized": "", "no_credentials": ""}
+
+
 async def on_stratus_error(_req: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StratusError)
-    return problem(
+    response = problem(
         exc.status, exc.code, exc.message, exc.hint, category=exc.category, **exc.details
     )
+    if exc.status == 401:
+        # RFC 6750 section 3: say which scheme is expected; no detail beyond the code
+        challenge = 'Bearer realm="stratuslab"'
+        if exc.code not in _BEARER_ERRORS:
+            challenge += ', error="invalid_token"'
+        response.headers["WWW-Authenticate"] = challenge
+    if exc.status == 429:
+        retry = exc.details.get("retry_after")
+        if isinstance(retry, int | float) and retry > 0:
+            response.headers["Retry-After"] = str(int(retry))
+    return response
 
 
 async def on_validation_error(_req: Request, exc: Exception) -> JSONResponse:

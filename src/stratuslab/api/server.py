@@ -31,7 +31,9 @@ def init(data_dir: Path | None, database_url: str | None) -> None:
     """Migrate the database, create the admin user, project and flavors.
 
     Prints one JSON line with a new admin API token and a new host join token; the admin
-    token is also written to DATA_DIR/admin.token (mode 0600).
+    token is also written to DATA_DIR/admin.token (mode 0600). The admin user ("admin", a
+    cloud administrator, admin of project "admin") has no password: set one with
+    `stratus user set-password admin` to use `stratus login`.
     """
     from stratuslab.api.app import build_ctx
     from stratuslab.services import auth, flavors, hosts
@@ -42,7 +44,12 @@ def init(data_dir: Path | None, database_url: str | None) -> None:
         user, project = auth.ensure_admin(s)
         flavors.ensure_builtin(s, user.id, project.id)
         token = auth.issue_token(s, user, project, "all-in-one admin")
-        principal = auth.Principal(user.id, project.id, Role.ADMIN)
+        principal = auth.Principal(
+            user_id=user.id,
+            project_id=project.id,
+            roles={project.id: Role.ADMIN},
+            cloud_admin=True,
+        )
         join_token, _ = hosts.create_join_token(s, principal, 3600)
     path = settings.data_dir / "admin.token"
     path.touch(mode=0o600)

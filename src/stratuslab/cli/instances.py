@@ -12,6 +12,7 @@ import click
 
 from stratuslab.cli import output
 from stratuslab.cli.context import AppContext, json_option, pass_app
+from stratuslab.cli.networks import FORWARD_HEADERS, NIC_HEADERS, forward_rows, nic_rows
 from stratuslab.cli.progress import wait
 from stratuslab.context.spec import parse_pair
 from stratuslab.context.userdata import build_user_data, check_user_data_size, load_part
@@ -78,7 +79,23 @@ def encode_user_data(args: tuple[str, ...]) -> str | None:
     type=click.Choice(["nocloud", "configdrive", "opennebula"]),
     help="How the guest reads its context (default: the site's).",
 )
+@click.option(
+    "--network",
+    "networks",
+    multiple=True,
+    metavar="NAME[:ip=ADDR]",
+    help="A NIC on a virtual network (repeatable, in guest order); ip= asks for a fixed address.",
+)
+@click.option("--secgroup", help="Security group of the NICs (default: the project's default).")
 @click.option("--name", help="Instance name.")
+@click.option(
+    "--volume", "volumes", multiple=True, metavar="VOLUME", help="Attach a volume (repeatable)."
+)
+@click.option(
+    "--volatile-disk", "volatile_disks", multiple=True, type=click.IntRange(min=1),
+    metavar="GB", help="Add a volatile disk of GB GiB, deleted with the instance (repeatable).",
+)  # fmt: skip
+@click.option("--boot-volume", metavar="VOLUME", help="Boot from this bootable volume.")
 @click.option("-n", "--count", type=click.IntRange(1, 100), default=1, show_default=True)
 @no_wait_option
 @timeout_option
@@ -92,7 +109,12 @@ def run(
     user_data: tuple[str, ...],
     context_pairs: tuple[str, ...],
     context_method: str | None,
+    networks: tuple[str, ...],
+    secgroup: str | None,
     name: str | None,
+    volumes: tuple[str, ...],
+    volatile_disks: tuple[int, ...],
+    boot_volume: str | None,
     count: int,
     no_wait: bool,
     timeout: float,
@@ -107,6 +129,11 @@ def run(
         user_data=encode_user_data(user_data),
         context=dict(parse_pair(p) for p in context_pairs),
         context_method=context_method,
+        networks=list(networks),
+        security_group=secgroup,
+        volumes=list(volumes),
+        volatile_disks=list(volatile_disks),
+        boot_volume=boot_volume,
     )
     if not spec.ssh_keys:
         output.info(app, "note: no SSH key given and none found in ~/.ssh; pass --key FILE")
@@ -150,7 +177,9 @@ def show(app: AppContext, ref: str) -> None:
     if app.json:
         output.print_json({**instance.model_dump(mode="json"), "events": output.jsonable(events)})
         return
-    output.print_fields(app, ((k, output.text(v)) for k, v in instance.model_dump().items()))
+    fields = instance.model_dump(exclude={"nics", "port_forwards"})
+    output.print_fields(app, ((k, output.text(v)) for k, v in fields.items()))
+    network_tables(app, instance)
     if events:
         app.out.print("\n[bold]Last events[/bold]")
         rows = [(output.fmt_time(e.time), e.level, e.kind, e.message) for e in events]
@@ -343,6 +372,16 @@ def _refresh(app: AppContext, instance: Instance) -> Instance:
 
 def _host(instance: Instance) -> str:
     return instance.host_name or output.short_id(instance.host_id) or "-"
+
+
+def network_tables(app: AppContext, instance: Instance) -> None:
+    """The NICs and port forwards of ``stratus show``."""
+    if instance.nics:
+        app.out.print("\n[bold]NICs[/bold]")
+        output.print_table(app, NIC_HEADERS, nic_rows(instance.nics))
+    if instance.port_forwards:
+        app.out.print("\n[bold]Port forwards[/bold]")
+        output.print_table(app, FORWARD_HEADERS, forward_rows(instance.port_forwards))
 
 
 def _list_rows(instances: Iterable[Instance]) -> list[tuple[str, ...]]:

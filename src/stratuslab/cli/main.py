@@ -11,14 +11,21 @@ from stratuslab.cli import (
     admin,
     allinone,
     appliances,
+    auth,
     events,
     flavors,
     hosts,
     images,
     instances,
+    networks,
     output,
+    projects,
+    quotas,
+    usage,
+    users,
 )
 from stratuslab.cli import marketplace as marketplace_cli
+from stratuslab.cli import volumes as volumes_cli
 from stratuslab.cli.context import AppContext
 
 
@@ -63,6 +70,13 @@ for command in (*instances.COMMANDS, events.events, *allinone.COMMANDS):
     cli.add_command(command)
 for group in (images.image, flavors.flavor, hosts.host, admin.admin, appliances.appliance):
     cli.add_command(group)
+for command in (*auth.COMMANDS, *usage.COMMANDS):
+    cli.add_command(command)
+for group in (auth.token, projects.project, users.user, quotas.quota):
+    cli.add_command(group)
+for group in networks.GROUPS:
+    cli.add_command(group)
+cli.add_command(volumes_cli.volume)
 marketplace_cli.register(images.image)  # build-metadata, sign, validate, upload, search, ...
 for group in marketplace_cli.GROUPS:  # marketplace sync, imagelist import|export, policy check
     cli.add_command(group)

@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -62,6 +63,9 @@ class Project(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = _ts()
+    description: Mapped[str] = mapped_column(Text, default="")
+    #: seconds an instance may run after it (re)started before it is stopped; None: no limit
+    max_instance_lifetime: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class User(Base):
@@ -72,6 +76,95 @@ class User(Base):
     default_project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
     ssh_public_keys: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = _ts()
+    #: sees and manages everything (with an unscoped credential or the ``admin`` scope);
+    #: ``role`` above is kept for older code and mirrors it ("admin" / "member")
+    cloud_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: argon2id PHC string; None: no password login (certificate, OIDC or tokens only)
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    email: Mapped[str] = mapped_column(String(254), default="")
+    full_name: Mapped[str] = mapped_column(String(200), default="")
+    #: active | unverified (e-mail not confirmed) | pending (awaiting approval) | disabled
+    status: Mapped[str] = mapped_column(String(16), default="active")
+
+
+class ProjectMember(Base):
+    """A user's role (admin, member, reader) in a project."""
+
+    __tablename__ = "project_members"
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    created_at: Mapped[datetime] = _ts()
+
+
+class UserIdentity(Base):
+    """An external identity linked to a user: a certificate DN or an OIDC issuer#subject."""
+
+    __tablename__ = "user_identities"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # x509 | oidc
+    #: canonical DN (x509) or ``issuer#subject`` (oidc)
+    subject: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = _ts()
+    __table_args__ = (UniqueConstraint("kind", "subject", name="uq_user_identities_subject"),)
+
+
+class Quota(Base):
+    """Limits of a project or a user, and the row creates lock (docs/identity.md)."""
+
+    __tablename__ = "quotas"
+    scope_type: Mapped[str] = mapped_column(String(8), primary_key=True)  # project | user
+    scope_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    #: {"vcpus": 20, ...}; an absent counter is unlimited
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Registration(Base):
+    """A self-registration: e-mail check, then an admin's decision creates the user."""
+
+    __tablename__ = "registrations"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    email: Mapped[str] = mapped_column(String(254))
+    full_name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    #: sha256 of the secret in the e-mailed link
+    email_token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(TZDateTime())
+    verified_at: Mapped[datetime | None] = _ts(nullable=True)
+    #: pending_email | pending_approval | approved | rejected
+    status: Mapped[str] = mapped_column(String(20), default="pending_email")
+    #: the user made on approval
+    user_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    decided_at: Mapped[datetime | None] = _ts(nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = _ts()
+
+
+class AuditRecord(Base):
+    """One mutating API call: who, what, when, from where, and the answer."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = _ts()
+    user_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    #: the user name, or what a failed login claimed to be
+    actor: Mapped[str] = mapped_column(String(255), default="")
+    #: token id, DN or issuer#subject (never a secret)
+    credential: Mapped[str] = mapped_column(String(1024), default="")
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(64), default="")
+    project_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class ApiToken(Base):
@@ -83,6 +176,14 @@ class ApiToken(Base):
     description: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = _ts()
     expires_at: Mapped[datetime | None] = _ts(nullable=True)
+    #: the ``<id>`` of ``stl_<id>_<secret>``; None for tokens made before identity (0004),
+    #: whose ``token_hash`` is the SHA-256 of the whole token
+    token_id: Mapped[str | None] = mapped_column(String(12), unique=True, index=True, nullable=True)
+    #: space-separated scopes; None: unscoped (limited by roles alone)
+    scopes: Mapped[str | None] = mapped_column(String(400), nullable=True)
+    revoked_at: Mapped[datetime | None] = _ts(nullable=True)
+    #: password | token | x509 | oidc: how the creator authenticated
+    created_via: Mapped[str] = mapped_column(String(16), default="")
 
 
 class Flavor(Base):
@@ -110,7 +211,8 @@ class Image(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), default="available")
     path: Mapped[str] = mapped_column(Text)
-    visibility: Mapped[str] = mapped_column(String(16), default="private")
+    #: private (owner and project admins) | project (its members) | public (everyone)
+    visibility: Mapped[str] = mapped_column(String(16), default="project")
     #: the instance whose root disk is being saved as this image (status "saving")
     source_instance_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     #: unsigned marketplace metadata generated for a saved image (a draft until signed)
@@ -183,6 +285,8 @@ class Instance(Base):
     updated_at: Mapped[datetime] = _ts()
     started_at: Mapped[datetime | None] = _ts(nullable=True)
     deleted_at: Mapped[datetime | None] = _ts(nullable=True)
+    #: when the project's lifetime limit warning was sent for the current run
+    lifetime_warned_at: Mapped[datetime | None] = _ts(nullable=True)
     __table_args__ = (
         UniqueConstraint("host_id", "ssh_port", name="uq_instances_host_port"),
         Index("ix_instances_project_status", "project_id", "status"),
@@ -218,3 +322,190 @@ class Event(Base):
     host_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     project_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Volume(Base):
+    """A persistent disk (docs/volumes.md): kept in the volume pool of ``host_id``'s agent.
+
+    ``generation`` is bumped whenever the node must do something (create, grow, delete);
+    the agent reports ``observed_generation``. Deleted rows stay (status ``deleted``).
+    """
+
+    __tablename__ = "volumes"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: data | bootable | volatile (made and deleted with an instance) | root (a deleted
+    #: instance's root disk, kept in quarantine)
+    kind: Mapped[str] = mapped_column(String(16), default="data")
+    #: private | project | public (public: others may attach it; only the owner deletes)
+    visibility: Mapped[str] = mapped_column(String(16), default="private")
+    #: creating | available | attaching | in-use | detaching | deleting | deleted | error |
+    #: quarantined
+    state: Mapped[str] = mapped_column(String(16), default="creating")
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    #: snapshots are read-only (several instances may attach them, read-only)
+    readonly: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: the volume this one was cloned or snapshotted from
+    parent_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    #: the image a bootable volume was made from
+    image_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    #: the instance a volatile or root volume belongs (belonged) to
+    instance_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True, index=True)
+    #: how the node makes it: {"image": {...}} | {"clone_of": id} | {"snapshot_of": id} |
+    #: {"instance_root": id}; empty: blank
+    source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    generation: Mapped[int] = mapped_column(BigInteger, default=1)
+    observed_generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: the state to return to when quarantine is released
+    quarantined_from: Mapped[str] = mapped_column(String(16), default="")
+    quarantine_until: Mapped[datetime | None] = _ts(nullable=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+    deleted_at: Mapped[datetime | None] = _ts(nullable=True)
+
+
+class VolumeAttachment(Base):
+    """A volume on an instance at ``index`` (target ``vdc`` + index): attaching ->
+    attached -> detaching, then the row goes."""
+
+    __tablename__ = "volume_attachments"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    volume_id: Mapped[str] = mapped_column(ForeignKey("volumes.id"), index=True)
+    instance_id: Mapped[str] = mapped_column(ForeignKey("instances.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    readonly: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), default="attaching")
+    created_at: Mapped[datetime] = _ts()
+    __table_args__ = (
+        UniqueConstraint("instance_id", "index", name="uq_volume_attachments_index"),
+        UniqueConstraint("instance_id", "volume_id", name="uq_volume_attachments_volume"),
+    )
+
+
+# -- virtual networks (docs/networking.md) ---------------------------------------------------
+
+
+class Network(Base):
+    """A virtual network: addresses (IPAM), class, driver, and who may attach to it."""
+
+    __tablename__ = "networks"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    #: public | local | private (original StratusLab address classes)
+    address_class: Mapped[str] = mapped_column(String(8))
+    #: bridge | vxlan
+    driver: Mapped[str] = mapped_column(String(8), default="bridge")
+    cidr4: Mapped[str | None] = mapped_column(String(18), nullable=True)
+    gateway4: Mapped[str | None] = mapped_column(String(15), nullable=True)
+    #: ["FIRST-LAST", ...]
+    pools: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    cidr6: Mapped[str | None] = mapped_column(String(43), nullable=True)
+    gateway6: Mapped[str | None] = mapped_column(String(39), nullable=True)
+    dns: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    mtu: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: host interface the bridge is joined to (optionally tagged), None: host-local bridge
+    uplink: Mapped[str | None] = mapped_column(String(15), nullable=True)
+    vlan: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    vni: Mapped[int | None] = mapped_column(Integer, nullable=True, unique=True)
+    #: public: every project may attach; project: the owning project only
+    visibility: Mapped[str] = mapped_column(String(16), default="project")
+    description: Mapped[str] = mapped_column(Text, default="")
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    created_at: Mapped[datetime] = _ts()
+
+
+class NetworkLease(Base):
+    """Who held which addresses when, kept forever (no foreign keys: outlives everything)."""
+
+    __tablename__ = "network_leases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    network_id: Mapped[str] = mapped_column(String(36), index=True)
+    network_name: Mapped[str] = mapped_column(String(63))
+    instance_id: Mapped[str] = mapped_column(String(36), index=True)
+    instance_name: Mapped[str] = mapped_column(String(64), default="")
+    project_id: Mapped[str] = mapped_column(String(36))
+    mac: Mapped[str] = mapped_column(String(17))
+    ipv4: Mapped[str | None] = mapped_column(String(15), nullable=True, index=True)
+    ipv6: Mapped[str | None] = mapped_column(String(39), nullable=True)
+    since: Mapped[datetime] = _ts()
+    until: Mapped[datetime | None] = _ts(nullable=True)
+
+
+class SecurityGroup(Base):
+    """A project's named set of allow rules, applied per instance interface."""
+
+    __tablename__ = "security_groups"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(63))
+    description: Mapped[str] = mapped_column(Text, default="")
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    created_at: Mapped[datetime] = _ts()
+    __table_args__ = (UniqueConstraint("project_id", "name", name="uq_security_groups_name"),)
+
+
+class SecurityRule(Base):
+    __tablename__ = "security_rules"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("security_groups.id", ondelete="CASCADE"), index=True
+    )
+    #: ingress | egress
+    direction: Mapped[str] = mapped_column(String(8))
+    #: any | tcp | udp | icmp
+    protocol: Mapped[str] = mapped_column(String(8), default="any")
+    port_min: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    port_max: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: a CIDR, or None (anywhere) unless ``remote_group_id`` names a group
+    remote_cidr: Mapped[str | None] = mapped_column(String(43), nullable=True)
+    remote_group_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = _ts()
+
+
+class InstanceNic(Base):
+    """An instance's interface on a network, with its current lease."""
+
+    __tablename__ = "instance_nics"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    network_id: Mapped[str] = mapped_column(ForeignKey("networks.id"), index=True)
+    #: 0, 1, ...: guest order and the host tap name (``tap_name(instance, index)``)
+    index: Mapped[int] = mapped_column(Integer)
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    ipv4: Mapped[str | None] = mapped_column(String(15), nullable=True)
+    ipv6: Mapped[str | None] = mapped_column(String(39), nullable=True)
+    security_group_id: Mapped[str | None] = mapped_column(
+        ForeignKey("security_groups.id"), nullable=True, index=True
+    )
+    created_at: Mapped[datetime] = _ts()
+    __table_args__ = (
+        UniqueConstraint("instance_id", "index", name="uq_instance_nics_index"),
+        UniqueConstraint("network_id", "ipv4", name="uq_instance_nics_ipv4"),
+        UniqueConstraint("network_id", "ipv6", name="uq_instance_nics_ipv6"),
+    )
+
+
+class PortForward(Base):
+    """PAT: a port of the instance's host forwarded to a port of one of its NICs."""
+
+    __tablename__ = "port_forwards"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    instance_id: Mapped[str] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    nic_id: Mapped[str] = mapped_column(ForeignKey("instance_nics.id", ondelete="CASCADE"))
+    host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id"))
+    protocol: Mapped[str] = mapped_column(String(3), default="tcp")
+    host_port: Mapped[int] = mapped_column(Integer)
+    target_port: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _ts()
+    __table_args__ = (
+        UniqueConstraint("host_id", "protocol", "host_port", name="uq_port_forwards_host_port"),
+    )

@@ -46,6 +46,98 @@ class ImageRef(Wire):
     sha512: str | None = None
 
 
+class DesiredAttachment(Wire):
+    """A volume of the node's volume pool attached at ``vdc`` + ``index`` (docs/volumes.md)."""
+
+    volume_id: str
+    index: int
+    readonly: bool = False
+    shareable: bool = False
+
+
+class DesiredVolume(Wire):
+    """A volume the node's pool must hold (``present``) or delete (not ``present``)."""
+
+    id: str
+    size_bytes: int
+    generation: int
+    present: bool = True
+    readonly: bool = False
+    #: how to make it when missing (none of them: blank)
+    image: ImageRef | None = None
+    clone_of: str | None = None
+    snapshot_of: str | None = None
+    #: copy the root disk of this (stopped or deleted) instance; the agent does it itself
+    instance_root: str | None = None
+
+
+class ObservedVolume(WireIn):
+    id: str
+    exists: bool
+    observed_generation: int
+    size_bytes: int = 0
+    error: str = ""
+
+
+class DesiredRule(Wire):
+    """A security-group allow rule as the host applies it (remote groups expanded)."""
+
+    direction: str
+    protocol: str = "any"
+    port_min: int | None = None
+    port_max: int | None = None
+    remote: str | None = None
+
+
+class DesiredNic(Wire):
+    """A NIC on a virtual network (docs/networking.md): its lease, guest config and rules."""
+
+    index: int
+    network: str
+    mac: str
+    ipv4: str | None = None
+    ipv6: str | None = None
+    #: IPv4 address with the network's prefix length, for the guest's static config
+    address: str | None = None
+    gateway: str | None = None
+    dns: list[str] = Field(default_factory=list)
+    mtu: int | None = None
+    rules: list[DesiredRule] = Field(default_factory=list)
+
+
+class DesiredForward(Wire):
+    """PAT on the host: ``protocol/host_port`` to ``target:target_port``."""
+
+    protocol: str
+    host_port: int
+    target: str
+    target_port: int
+
+
+class DesiredReservation(Wire):
+    mac: str
+    ipv4: str
+    hostname: str | None = None
+
+
+class DesiredNetwork(Wire):
+    """A network the host must carry: the bridge, DHCP and the reservations of its NICs."""
+
+    name: str
+    driver: str
+    address_class: str
+    cidr4: str | None = None
+    gateway4: str | None = None
+    cidr6: str | None = None
+    gateway6: str | None = None
+    dns: list[str] = Field(default_factory=list)
+    mtu: int | None = None
+    uplink: str | None = None
+    vlan: int | None = None
+    vni: int | None = None
+    reservations: list[DesiredReservation] = Field(default_factory=list)
+
+
 class DesiredInstance(Wire):
     id: str
     name: str
@@ -65,6 +157,14 @@ class DesiredInstance(Wire):
     egress: bool = False
     #: save the (stopped) root disk as this image
     save_image_id: str | None = None
+    #: volumes attached to the domain (persistent and volatile), by index
+    volumes: list[DesiredAttachment] = Field(default_factory=list)
+    #: boot from this volume of the node's pool instead of an overlay on the image
+    boot_volume: str | None = None
+    #: NICs on virtual networks, by index (none: the user-mode NIC only)
+    nics: list[DesiredNic] = Field(default_factory=list)
+    #: host ports forwarded to this instance (PAT)
+    port_forwards: list[DesiredForward] = Field(default_factory=list)
     reboot_seq: int
     reboot_hard: bool
     stop_timeout: float
@@ -74,6 +174,10 @@ class DesiredState(Wire):
     host_id: str
     generation: int
     instances: list[DesiredInstance]
+    #: the volumes of this node's volume pool
+    volumes: list[DesiredVolume] = Field(default_factory=list)
+    #: the virtual networks this host carries
+    networks: list[DesiredNetwork] = Field(default_factory=list)
 
 
 class ObservedInstance(WireIn):
@@ -82,6 +186,10 @@ class ObservedInstance(WireIn):
     observed_generation: int
     reason: str = ""
     power_state: str = ""
+    #: volume ids attached now (None: not looked at in this pass)
+    volumes: list[str] | None = None
+    #: volume id -> why attaching or detaching it failed
+    volume_errors: dict[str, str] = Field(default_factory=dict)
 
 
 class AgentEvent(WireIn):
@@ -101,6 +209,7 @@ class Report(WireIn):
     instances: list[ObservedInstance] = Field(default_factory=list)
     events: list[AgentEvent] = Field(default_factory=list)
     console: list[ConsoleChunk] = Field(default_factory=list)
+    volumes: list[ObservedVolume] = Field(default_factory=list)
 
 
 class ReportAck(Wire):

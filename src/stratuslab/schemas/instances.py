@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from stratuslab.schemas.common import Wire, WireIn
+from stratuslab.schemas.networks import Nic, PortForward
 from stratuslab.schemas.operations import Operation
 
 NAME_PATTERN = r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$"
@@ -28,6 +29,23 @@ class InstanceCreate(WireIn):
     )
     context: dict[str, str] = Field(
         default_factory=dict, description="free KEY=VALUE pairs passed to the guest"
+    )
+    volumes: list[str] = Field(
+        default_factory=list, description="volumes (ids or names) attached at creation"
+    )
+    volatile_disks: list[int] = Field(
+        default_factory=list,
+        description="sizes in GiB of volatile disks: made with the instance, deleted with it",
+    )
+    boot_volume: str | None = Field(
+        default=None, description="boot from this bootable volume (made from the image)"
+    )
+    networks: list[str] = Field(
+        default_factory=list,
+        description="NICs on virtual networks, in guest order: NAME[:ip=ADDRESS][:ipv6=ADDRESS]",
+    )
+    security_group: str | None = Field(
+        default=None, description="security group of the NICs (default: the project's default)"
     )
 
 
@@ -53,6 +71,10 @@ class Instance(Wire):
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
+    #: NICs on virtual networks, with their addresses
+    nics: list[Nic] = Field(default_factory=list)
+    #: host ports forwarded to the instance (PAT)
+    port_forwards: list[PortForward] = Field(default_factory=list)
 
 
 class InstanceCreated(Wire):

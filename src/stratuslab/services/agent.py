@@ -18,7 +18,7 @@ from stratuslab.schemas.agent import (
     Report,
     ReportAck,
 )
-from stratuslab.services import events, operations
+from stratuslab.services import events, network_desired, networks, operations, volumes
 from stratuslab.services.instances import mark_deleted
 from stratuslab.types import DesiredState as Desired
 from stratuslab.types import InstanceStatus
@@ -49,7 +49,8 @@ def desired_state(
             ),
         )
         .order_by(Instance.created_at)
-    )
+    ).all()
+    attachments = volumes.desired_attachments(session, [inst.id for inst, _ in rows])
     items = [
         DesiredInstance(
             id=inst.id,
@@ -74,6 +75,8 @@ def desired_state(
             context_method=str(inst.spec.get("context_method") or "nocloud"),
             context=dict(inst.spec.get("context") or {}),
             save_image_id=(inst.spec.get("save") or {}).get("image_id"),
+            volumes=attachments.get(inst.id, []),
+            boot_volume=inst.spec.get("boot_volume"),
             egress=egress,
             reboot_seq=inst.reboot_seq,
             reboot_hard=inst.reboot_hard,
@@ -81,7 +84,13 @@ def desired_state(
         )
         for inst, image in rows
     ]
-    return DesiredState(host_id=host.id, generation=host.desired_generation, instances=items)
+    state = DesiredState(
+        host_id=host.id,
+        generation=host.desired_generation,
+        instances=items,
+        volumes=volumes.desired_volumes(session, host),
+    )
+    return network_desired.fill(session, state)
 
 
 def apply_report(
@@ -120,6 +129,7 @@ def apply_report(
         )
     host.last_heartbeat = utcnow()
     finished = operations.evaluate_for(session, changed)
+    finished += volumes.apply_report(session, host, report)
     return ReportAck(forget=forget), finished
 
 
@@ -132,6 +142,7 @@ def _observe(session: Session, inst: Instance, obs: ObservedInstance) -> bool:
     inst.observed_generation = min(obs.observed_generation, inst.generation)
     if obs.status == InstanceStatus.DELETED.value:
         mark_deleted(inst)
+        networks.release_instance(session, inst)
     elif (
         obs.status == InstanceStatus.STOPPED.value
         and inst.desired == Desired.RUNNING.value

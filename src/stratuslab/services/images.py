@@ -7,13 +7,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from stratuslab.db.models import Host, Image, Instance, Operation
 from stratuslab.errors import Conflict, Forbidden, ImageError, InvalidInput, NotFound, StratusError
+from stratuslab.identity.authz import Action
 from stratuslab.marketplace.metadata import build_metadata
-from stratuslab.services import events, operations
+from stratuslab.services import access, events, operations, quotas
 from stratuslab.services.auth import Principal
 from stratuslab.services.context import UnitOfWork
 from stratuslab.services.image_files import inspect_disk_image
@@ -31,11 +32,8 @@ def validate_name(name: str) -> None:
 
 
 def visible(principal: Principal) -> ColumnElement[bool]:
-    """SQL condition: images this principal may use."""
-    return and_(
-        Image.status != ImageStatus.DELETED.value,
-        or_(Image.project_id == principal.project_id, Image.visibility == "public"),
-    )
+    """SQL condition: images this principal may see (services/access.py)."""
+    return access.images_visible(principal)
 
 
 def list_images(session: Session, principal: Principal) -> list[Image]:
@@ -43,26 +41,17 @@ def list_images(session: Session, principal: Principal) -> list[Image]:
     return list(session.scalars(stmt))
 
 
-def get_image(session: Session, principal: Principal, ref: str) -> Image:
-    image = session.scalar(select(Image).where(Image.id == ref, visible(principal)))
-    if image is None:
-        image = session.scalar(
-            select(Image)
-            .where(Image.name == ref, visible(principal))
-            .order_by(Image.project_id != principal.project_id)
-            .limit(1)
-        )
-    if image is None:
-        raise NotFound(
-            f"image {ref!r} does not exist",
-            hint="list images with `stratus image list`, or add one with "
-            "`stratus image add FILE --name NAME`",
-            code="image_not_found",
-        )
-    return image
+def get_image(
+    session: Session, principal: Principal, ref: str, *, action: Action = Action.READ
+) -> Image:
+    """An image by id or name (the acting project's first, then others you can see)."""
+    return access.find_image(session, principal, ref, action)
 
 
 def check_name_free(session: Session, principal: Principal, name: str) -> None:
+    """May a new image called ``name`` be created in the acting project? The name must be
+    valid and free, and the project's (and user's) image quota must allow one more. In the
+    creating transaction this also takes the quota lock (services/quotas.py)."""
     validate_name(name)
     taken = session.scalar(
         select(Image.id).where(Image.project_id == principal.project_id, Image.name == name)
@@ -73,6 +62,7 @@ def check_name_free(session: Session, principal: Principal, name: str) -> None:
             hint="choose another --name, or delete the old image first",
             code="duplicate_name",
         )
+    quotas.check_create(session, principal, quotas.IMAGE_REQUEST)
 
 
 def register_uploaded(
@@ -113,9 +103,7 @@ def register_uploaded(
 
 
 def delete_image(session: Session, principal: Principal, ref: str) -> Path:
-    image = get_image(session, principal, ref)
-    if image.project_id != principal.project_id and not principal.is_admin:
-        raise NotFound(f"image {ref!r} does not exist", hint="`stratus image list`")
+    image = get_image(session, principal, ref, action=Action.DELETE)
     user = session.scalar(
         select(Instance.id).where(Instance.image_id == image.id, Instance.status != "deleted")
     )

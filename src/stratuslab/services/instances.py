@@ -19,14 +19,22 @@ from stratuslab.context.schema import validate_user_data
 from stratuslab.context.spec import ContextMethod, validate_pair
 from stratuslab.context.userdata import check_user_data_size
 from stratuslab.db.models import Host, Instance, Operation, utcnow
-from stratuslab.errors import Conflict, InvalidInput, NotFound
+from stratuslab.errors import Conflict, InvalidInput
+from stratuslab.identity.authz import Action
 from stratuslab.scheduler.placement import Request
 from stratuslab.schemas.instances import InstanceCreate
-from stratuslab.services import events, operations
+from stratuslab.services import (
+    access,
+    events,
+    networks,
+    operations,
+    quarantine,
+    quotas,
+    volumes,
+)
 from stratuslab.services.auth import Principal
 from stratuslab.services.context import UnitOfWork
 from stratuslab.services.flavors import get_flavor
-from stratuslab.services.images import get_image
 from stratuslab.services.marketplace_images import (
     load_site_policy,
     policy_path,
@@ -50,8 +58,12 @@ def list_instances(
     limit: int = 100,
     offset: int = 0,
     include_deleted: bool = False,
+    project_id: str | None = None,
 ) -> tuple[list[Instance], int]:
-    cond = [Instance.project_id == principal.project_id]
+    """The instances ``principal`` may see (every project of theirs; ``project_id`` narrows)."""
+    cond = [access.instances_visible(principal)]
+    if project_id is not None:
+        cond.append(Instance.project_id == project_id)
     if status:
         cond.append(Instance.status == status)
     elif not include_deleted:
@@ -67,20 +79,12 @@ def list_instances(
     return list(rows), total
 
 
-def get_instance(session: Session, principal: Principal, ref: str) -> Instance:
-    base = select(Instance).where(Instance.project_id == principal.project_id)
-    inst = session.scalar(base.where(Instance.id == ref))
-    if inst is None:
-        inst = session.scalar(
-            base.where(Instance.name == ref, Instance.status != InstanceStatus.DELETED.value)
-        )
-    if inst is None:
-        raise NotFound(
-            f"instance {ref!r} does not exist",
-            hint="list your instances with `stratus list`",
-            code="instance_not_found",
-        )
-    return inst
+def get_instance(
+    session: Session, principal: Principal, ref: str, *, action: Action = Action.READ
+) -> Instance:
+    """An instance by id or name; NotFound if hidden from ``principal``, Forbidden if it may
+    not ``action`` it (services/access.py)."""
+    return access.find_instance(session, principal, ref, action)
 
 
 def _names(session: Session, principal: Principal, req: InstanceCreate) -> list[str]:
@@ -150,7 +154,13 @@ def create_instances(
     policy = load_site_policy(policy_path(settings.data_dir))
     image = resolve_image(s, principal, req.image, policy=policy, now=utcnow())
     flavor = get_flavor(s, req.flavor)
+    quotas.check_create(
+        s,
+        principal,
+        quotas.instances_request(count=req.count, vcpus=flavor.vcpus, memory_mib=flavor.memory_mib),
+    )
     keys = _validate_keys(req.ssh_keys)
+    volumes.check_create_request(req.volumes, req.volatile_disks, req.count)
     context = _context_spec(req, settings.context_method, settings.cloud_config_schema)
     names = _names(s, principal, req)
     hosts = snapshot_hosts(s)
@@ -186,6 +196,10 @@ def create_instances(
         )
         if host_id is not None:
             uow.notify(host_key(host_id))
+        volumes.attach_at_create(
+            uow, principal, inst, req.volumes, req.volatile_disks, req.boot_volume
+        )
+        networks.attach_at_create(uow, principal, inst, req.networks, req.security_group)
         created.append(inst)
     op = operations.start(
         s,
@@ -274,6 +288,9 @@ def delete(uow: UnitOfWork, principal: Principal, ref: str) -> Operation:
             project_id=inst.project_id,
         )
         _touch_host(uow, inst)
+        quarantine.keep_root_disk(uow, inst)
+        volumes.instance_deleted(uow, inst)
+        networks.instance_deleted(uow, inst)
     return operations.start(
         s,
         principal,

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from stratuslab.db.models import Instance, Operation, utcnow
-from stratuslab.errors import NotFound
+from stratuslab.services.access import find_operation
 from stratuslab.services.auth import Principal
 from stratuslab.types import InstanceStatus, OperationStatus
 
@@ -47,10 +47,8 @@ def start(
 
 
 def get(session: Session, principal: Principal, op_id: str) -> Operation:
-    op = session.get(Operation, op_id)
-    if op is None or (op.project_id != principal.project_id and not principal.is_admin):
-        raise NotFound(f"operation {op_id!r} does not exist", hint="check the id")
-    return op
+    """An operation of a project ``principal`` belongs to (NotFound otherwise)."""
+    return find_operation(session, principal, op_id)
 
 
 def evaluate(session: Session, op: Operation, instances: dict[str, Instance]) -> bool:

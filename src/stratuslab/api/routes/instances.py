@@ -18,7 +18,7 @@ from stratuslab.schemas.instances import (
     InstanceCreated,
 )
 from stratuslab.schemas.operations import Operation
-from stratuslab.services import images, instances
+from stratuslab.services import images, instances, nics
 from stratuslab.services.agent import read_console
 
 router = APIRouter(prefix="/instances", tags=["instances"])
@@ -42,6 +42,7 @@ def to_wire(session: Session, rows: Iterable[models.Instance]) -> list[Instance]
         if r.ssh_port is not None:
             item.address = f"{FORWARD_ADDRESS}:{r.ssh_port}"
         out.append(item)
+    nics.decorate(session, out)
     return out
 
 

@@ -1,0 +1,114 @@
+"""The network part of a host's desired state: NICs, forwards and rules per instance, and the
+networks (with their DHCP reservations) the host carries."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from stratuslab.db.models import InstanceNic, Network, PortForward
+from stratuslab.schemas.agent import (
+    DesiredForward,
+    DesiredInstance,
+    DesiredNetwork,
+    DesiredNic,
+    DesiredReservation,
+    DesiredRule,
+    DesiredState,
+)
+from stratuslab.services import networks, nics, secgroups
+from stratuslab.types import DesiredState as Desired
+
+
+def fill(session: Session, state: DesiredState) -> DesiredState:
+    """Add NICs, port forwards and networks to ``state`` (in place; returned for chaining)."""
+    live = [inst for inst in state.instances if inst.desired != Desired.DELETED.value]
+    by_instance = networks.nics_of(session, [inst.id for inst in live])
+    if not by_instance:
+        return state
+    all_nics = [nic for group in by_instance.values() for nic in group]
+    rows = session.scalars(
+        select(Network).where(Network.id.in_({nic.network_id for nic in all_nics}))
+    )
+    nets = {row.id: row for row in rows}
+    rules = secgroups.host_rules(session, {str(n.security_group_id) for n in all_nics})
+    forwards = nics.forwards_of(session, list(by_instance))
+    for inst in live:
+        mine = by_instance.get(inst.id, [])
+        inst.nics = [_nic(nic, nets[nic.network_id], rules) for nic in mine]
+        inst.port_forwards = _forwards(forwards.get(inst.id, []), mine)
+    state.networks = _networks(live, by_instance, nets)
+    return state
+
+
+def _nic(nic: InstanceNic, net: Network, rules: dict[str, list[secgroups.Allow]]) -> DesiredNic:
+    prefix = net.cidr4.split("/")[1] if net.cidr4 else None
+    allows = rules.get(str(nic.security_group_id), [])
+    return DesiredNic(
+        index=nic.index,
+        network=net.name,
+        mac=nic.mac,
+        ipv4=nic.ipv4,
+        ipv6=nic.ipv6,
+        address=f"{nic.ipv4}/{prefix}" if nic.ipv4 and prefix else None,
+        gateway=net.gateway4 if nic.index == 0 else None,
+        dns=[server for server in net.dns if ":" not in server],
+        mtu=net.mtu,
+        rules=[
+            DesiredRule(
+                direction=a.direction,
+                protocol=a.protocol,
+                port_min=a.port_min,
+                port_max=a.port_max,
+                remote=a.remote,
+            )
+            for a in allows
+        ],
+    )
+
+
+def _forwards(rows: list[PortForward], mine: list[InstanceNic]) -> list[DesiredForward]:
+    targets = {nic.id: nic.ipv4 for nic in mine}
+    return [
+        DesiredForward(
+            protocol=f.protocol,
+            host_port=f.host_port,
+            target=str(targets[f.nic_id]),
+            target_port=f.target_port,
+        )
+        for f in rows
+        if targets.get(f.nic_id)
+    ]
+
+
+def _networks(
+    live: list[DesiredInstance],
+    by_instance: dict[str, list[InstanceNic]],
+    nets: dict[str, Network],
+) -> list[DesiredNetwork]:
+    reservations: dict[str, list[DesiredReservation]] = {net_id: [] for net_id in nets}
+    for inst in live:
+        for nic in by_instance.get(inst.id, []):
+            if nic.ipv4 is not None:
+                hostname = inst.hostname if nic.index == 0 else None
+                reservations[nic.network_id].append(
+                    DesiredReservation(mac=nic.mac, ipv4=nic.ipv4, hostname=hostname)
+                )
+    return [
+        DesiredNetwork(
+            name=net.name,
+            driver=net.driver,
+            address_class=net.address_class,
+            cidr4=net.cidr4,
+            gateway4=net.gateway4,
+            cidr6=net.cidr6,
+            gateway6=net.gateway6,
+            dns=list(net.dns),
+            mtu=net.mtu,
+            uplink=net.uplink,
+            vlan=net.vlan,
+            vni=net.vni,
+            reservations=reservations[net.id],
+        )
+        for net in sorted(nets.values(), key=lambda n: n.name)
+    ]
