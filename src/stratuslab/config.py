@@ -143,6 +143,8 @@ class NodeSettings:
     heartbeat_interval: float = 10.0
     #: seconds between full reconcile passes when nothing changes
     resync_interval: float = 15.0
+    #: size limit of the image cache in GiB (0: no limit); unused bases are evicted LRU
+    image_cache_max_gib: float = 0.0
     # -- networks (docs/networking.md) ---------------------------------------------------
     #: host networking driver: none (user-mode NAT only: the all-in-one default) | linux | fake
     network_driver: str = "none"

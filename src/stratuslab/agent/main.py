@@ -86,7 +86,12 @@ def build_agent(settings: NodeSettings, driver: ComputeDriver, cred: dict[str, s
     else:
         local = LocalWorkspace(settings.state_dir)
         workspace, saver = local, RootDiskSaver(local, link)
-        images = ImageCache(settings.state_dir / "images", link)
+        images = ImageCache(
+            settings.state_dir / "images",
+            link,
+            max_bytes=int(settings.image_cache_max_gib * 2**30) or None,
+            in_use=local.bases_in_use,
+        )
     hypervisor = driver.capabilities().hypervisor
     root_disk = (
         (lambda iid: local.dir(iid) / "root.qcow2")

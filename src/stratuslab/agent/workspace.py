@@ -68,6 +68,7 @@ class LocalWorkspace:
         if not root.exists():
             # the cache may have converted the image: the base file's suffix is its format
             _overlay(base, base.suffix.lstrip(".") or inst.image.format, root)
+            self.write_state(inst.id, {**self.read_state(inst.id), "base": str(base)})
         seed = d / "seed.iso"
         if not seed.exists():
             label, files = build_context(ContextMethod(inst.context_method), context_spec(inst))
@@ -79,6 +80,11 @@ class LocalWorkspace:
 
     def remove(self, instance_id: str) -> None:
         shutil.rmtree(self.dir(instance_id), ignore_errors=True)
+
+    def bases_in_use(self) -> set[Path]:
+        """The cached base of every instance this host has (the image cache keeps them)."""
+        bases = (self.read_state(i).get("base") for i in self.instance_ids())
+        return {Path(b) for b in bases if b}
 
     def read_state(self, instance_id: str) -> dict[str, Any]:
         path = self.dir(instance_id) / "state.json"
