@@ -1,0 +1,226 @@
+"""The volume side of the agent protocol: what the pool of a host must hold and what its
+instances must have attached (the desired state), and what the node reports back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from stratuslab.db.models import Host, Instance, Volume, VolumeAttachment, utcnow
+from stratuslab.drivers.base import volume_target
+from stratuslab.schemas.agent import (
+    DesiredAttachment,
+    DesiredVolume,
+    ImageRef,
+    ObservedInstance,
+    ObservedVolume,
+    Report,
+)
+from stratuslab.services import events
+from stratuslab.services.volume_attachments import release
+from stratuslab.services.volume_operations import evaluate_operations
+from stratuslab.services.volume_states import (
+    BOOT_INDEX,
+    AttachState,
+    VolumeKind,
+    VolumeState,
+    attachments_of,
+    gib_text,
+    record,
+    set_state,
+    settle,
+)
+from stratuslab.types import InstanceStatus
+
+
+def desired_volumes(session: Session, host: Host) -> list[DesiredVolume]:
+    """The volumes the pool of ``host`` must hold or delete."""
+    rows = session.scalars(
+        select(Volume)
+        .where(
+            Volume.host_id == host.id,
+            Volume.state.not_in([VolumeState.DELETED.value, VolumeState.ERROR.value]),
+        )
+        .order_by(Volume.created_at)
+    )
+    out = []
+    for vol in rows:
+        image = vol.source.get("image")
+        out.append(
+            DesiredVolume(
+                id=vol.id,
+                size_bytes=vol.size_bytes,
+                generation=vol.generation,
+                present=vol.state != VolumeState.DELETING.value,
+                readonly=vol.readonly,
+                image=ImageRef.model_validate(image) if image else None,
+                clone_of=vol.source.get("clone_of"),
+                snapshot_of=vol.source.get("snapshot_of"),
+                instance_root=vol.source.get("instance_root"),
+            )
+        )
+    return out
+
+
+def desired_attachments(
+    session: Session, instance_ids: list[str]
+) -> dict[str, list[DesiredAttachment]]:
+    """What each instance must have attached (attaching and attached, not detaching)."""
+    out: dict[str, list[DesiredAttachment]] = {}
+    if not instance_ids:
+        return out
+    rows = session.execute(
+        select(VolumeAttachment, Volume.readonly)
+        .join(Volume, Volume.id == VolumeAttachment.volume_id)
+        .where(
+            VolumeAttachment.instance_id.in_(instance_ids),
+            VolumeAttachment.state != AttachState.DETACHING.value,
+            VolumeAttachment.index != BOOT_INDEX,
+        )
+        .order_by(VolumeAttachment.index)
+    )
+    for att, readonly in rows:
+        out.setdefault(att.instance_id, []).append(
+            DesiredAttachment(
+                volume_id=att.volume_id, index=att.index, readonly=readonly, shareable=readonly
+            )
+        )
+    return out
+
+
+def apply_report(session: Session, host: Host, report: Report) -> list[str]:
+    """Record what the node says of its pool and of its instances' volumes; return the
+    operations that finished."""
+    touched: dict[str, Volume] = {}
+    failures: dict[str, dict[str, Any]] = {}
+    for obs in report.volumes:
+        vol = session.get(Volume, obs.id)
+        if vol is not None and vol.host_id == host.id:
+            error = _observe_volume(session, vol, obs)
+            touched[vol.id] = vol
+            if error is not None:
+                failures[vol.id] = error
+    for inst_obs in report.instances:
+        for vol, error in _observe_instance(session, host, inst_obs):
+            touched[vol.id] = vol
+            if error is not None:
+                failures[vol.id] = error
+    return evaluate_operations(session, touched, failures)
+
+
+def _observe_volume(session: Session, vol: Volume, obs: ObservedVolume) -> dict[str, Any] | None:
+    if obs.observed_generation < vol.observed_generation:
+        return None  # stale
+    current = obs.observed_generation >= vol.generation
+    if obs.error and current:
+        return _volume_failed(session, vol, obs.error)
+    vol.observed_generation = min(obs.observed_generation, vol.generation)
+    if vol.state == VolumeState.DELETING.value and not obs.exists:
+        set_state(session, vol, VolumeState.DELETED, "data wiped")
+        vol.deleted_at = utcnow()
+    elif vol.state == VolumeState.CREATING.value and obs.exists and current:
+        if vol.kind == VolumeKind.ROOT.value:
+            from stratuslab.services import quarantine  # a cycle: quarantine imports volumes
+
+            quarantine.enter(session, vol, "root disk of a deleted instance kept")
+        else:
+            settle(session, vol, f"{gib_text(obs.size_bytes)} ready")
+    return None
+
+
+def _volume_failed(session: Session, vol: Volume, reason: str) -> dict[str, Any]:
+    vol.observed_generation = vol.generation
+    if vol.state == VolumeState.CREATING.value:
+        set_state(session, vol, VolumeState.ERROR, reason, level="error")
+    else:  # a grow that failed: the volume keeps its size
+        vol.status_reason = reason
+        events.record(
+            session,
+            "volume.error",
+            f"volume {vol.name}: {reason}",
+            level="error",
+            project_id=vol.project_id,
+            data={"volume_id": vol.id},
+        )
+    return {
+        "code": "volume_failed",
+        "message": f"volume {vol.name}: {reason}",
+        "hint": "see `stratus events`",
+        "details": {"volume_id": vol.id},
+    }
+
+
+def _observe_instance(
+    session: Session, host: Host, obs: ObservedInstance
+) -> list[tuple[Volume, dict[str, Any] | None]]:
+    inst = session.get(Instance, obs.id)
+    if inst is None or inst.host_id != host.id:
+        return []
+    changed: list[tuple[Volume, dict[str, Any] | None]] = []
+    gone = obs.status == InstanceStatus.DELETED.value
+    if obs.volumes is None and not gone:
+        return changed
+    attached = set(obs.volumes or ())
+    for att in attachments_of(session, instance_id=inst.id):
+        vol = session.get(Volume, att.volume_id)
+        assert vol is not None
+        error = obs.volume_errors.get(att.volume_id)
+        problem: dict[str, Any] | None = None
+        if gone:
+            release(session, vol, att, inst)
+        elif att.state == AttachState.ATTACHING.value and att.volume_id in attached:
+            att.state = AttachState.ATTACHED.value
+            record(
+                session,
+                vol,
+                "volume.attached",
+                f"{vol.name} attached to {inst.name} as {volume_target(att.index)}",
+                instance_id=inst.id,
+            )
+        elif att.state == AttachState.ATTACHING.value and error:
+            session.delete(att)
+            problem = _attach_failed(session, vol, inst, "attaching", error)
+        elif att.state == AttachState.DETACHING.value and att.volume_id not in attached:
+            session.delete(att)
+            record(
+                session,
+                vol,
+                "volume.detached",
+                f"{vol.name} detached from {inst.name}",
+                instance_id=inst.id,
+            )
+        elif att.state == AttachState.DETACHING.value and error:
+            att.state = AttachState.ATTACHED.value
+            problem = _attach_failed(session, vol, inst, "detaching", error)
+        else:
+            continue
+        session.flush()
+        if vol.state != VolumeState.QUARANTINED.value:
+            settle(session, vol)
+        changed.append((vol, problem))
+    return changed
+
+
+def _attach_failed(
+    session: Session, vol: Volume, inst: Instance, verb: str, error: str
+) -> dict[str, Any]:
+    message = (
+        f"{verb} {vol.name} {'to' if verb == 'attaching' else 'from'} {inst.name} failed: {error}"
+    )
+    events.record(
+        session,
+        f"volume.{verb[:6]}_failed",
+        message,
+        level="error",
+        instance_id=inst.id,
+        project_id=vol.project_id,
+        data={"volume_id": vol.id},
+    )
+    return {
+        "code": f"{verb[:6]}_failed",
+        "message": message,
+        "hint": "see `stratus events`",
+        "details": {"volume_id": vol.id, "instance_id": inst.id},
+    }
