@@ -113,3 +113,62 @@ def test_entry_without_location_is_refused(mp_api: TestClient, pki: Pki, disk: P
 def test_unknown_identifier_is_not_found(mp_api: TestClient) -> None:
     resp = mp_api.post("/api/v1/instances", json={"image": "MMZu9WvwKIro-rtBQfDk4PsKO7_"})
     assert resp.status_code == 404
+
+
+def test_image_save_sign_publishes_the_saved_image(
+    mp_api: TestClient, pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stratus image save --sign`: the saved root disk becomes a signed marketplace entry
+    that `stratus run IDENTIFIER` accepts under the default site policy."""
+    import threading
+
+    from click.testing import CliRunner
+
+    from stratuslab.cli.context import AppContext
+    from stratuslab.cli.main import cli
+    from stratuslab.client import StratusClient
+    from tests.conftest import make_qcow2
+    from tests.integration.test_lifecycle import UploadingSaver, inst
+    from tests.marketplace_pki import write_pkcs12
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    token = mp_api.post("/api/v1/hosts/tokens").json()["token"]
+    node = start_node(mp_api, token)
+    node.agent.reconciler.saver = UploadingSaver(node.link, make_qcow2(tmp_path / "s.qcow2"))
+    make_qcow2(tmp_path / "base.qcow2")
+    with (tmp_path / "base.qcow2").open("rb") as fh:
+        assert mp_api.post("/api/v1/images", params={"name": "base"}, content=fh.read()).is_success
+    mp_api.post("/api/v1/instances", json={"image": "base", "name": "gold", "flavor": "t1.micro"})
+    node.settle()
+    mp_api.post("/api/v1/instances/gold/actions", json={"action": "stop"})
+    node.settle(lambda: inst(mp_api, "gold")["status"] == "stopped")
+
+    done = threading.Event()
+
+    def agent() -> None:
+        while not done.is_set():
+            node.agent.step(wait=0.2)
+
+    worker = threading.Thread(target=agent)
+    worker.start()
+    p12 = write_pkcs12(tmp_path / "jane.p12", pki.jane)
+    client = StratusClient("http://testserver", http=mp_api)
+    app = AppContext(client_factory=lambda _settings: client)
+    try:
+        result = CliRunner().invoke(
+            cli,
+            ["image", "save", "gold", "--name", "gold-v1", "--sign", "--p12", str(p12),
+             "--password", "secret", "--location", "https://images.example.org/gold-v1.qcow2"],
+            obj=app,
+        )  # fmt: skip
+    finally:
+        done.set()
+        worker.join()
+    assert result.exit_code == 0, result.output
+    assert "published" in result.output
+    entries = mp_api.get("/api/v1/marketplace/entries").json()["items"]
+    assert [e["metadata"]["title"] for e in entries] == ["gold-v1"]
+    assert entries[0]["endorser"]["email"] == "jane@example.org"
+    assert entries[0]["metadata"]["locations"] == ["https://images.example.org/gold-v1.qcow2"]
+    run = mp_api.post("/api/v1/instances", json={"image": entries[0]["identifier"]})
+    assert run.status_code == 202, run.text

@@ -10,7 +10,15 @@ import click
 
 from stratuslab.cli import output
 from stratuslab.cli.context import AppContext, json_option, pass_app
+from stratuslab.cli.marketplace_common import (
+    client_of,
+    key_options,
+    marketplace_option,
+    signing_key,
+)
 from stratuslab.cli.progress import upload_bar, wait
+from stratuslab.marketplace.metadata import validate_metadata
+from stratuslab.marketplace.signing import sign as sign_metadata
 from stratuslab.schemas.images import Image
 
 HEADERS = ("id", "name", "format", "size", "virtual size", "status", "visibility", "created")
@@ -74,18 +82,52 @@ def delete(ctx: click.Context, app: AppContext, refs: Sequence[str]) -> None:
 @click.argument("instance")
 @click.option("--name", required=True, help="Name of the new image.")
 @click.option("--no-wait", is_flag=True, help="Return once the request is accepted.")
+@click.option("--sign", is_flag=True, help="Sign the metadata and publish it in the marketplace.")
+@click.option(
+    "--location",
+    "locations",
+    multiple=True,
+    metavar="URL",
+    help="Where the image can be downloaded, for the signed entry (repeatable; default: the "
+    "controller's image URL).",
+)
+@key_options
+@marketplace_option
 @json_option
 @pass_app
-def save(app: AppContext, instance: str, name: str, no_wait: bool) -> None:
+def save(
+    app: AppContext,
+    instance: str,
+    name: str,
+    no_wait: bool,
+    sign: bool,
+    locations: tuple[str, ...],
+    p12: Path | None,
+    key_file: Path | None,
+    cert_file: Path | None,
+    password: str | None,
+    marketplace_url: str | None,
+) -> None:
     """Save a stopped INSTANCE's root disk as a new image.
 
-    The image gets draft marketplace metadata (`stratus image metadata NAME`): sign it with
-    `stratus image sign` and upload it to publish the image.
+    The image gets draft marketplace metadata (`stratus image metadata NAME`). With --sign and
+    your endorser certificate (--p12, or --key and --cert) it is signed and published at once;
+    otherwise sign it later with `stratus image sign` and `stratus image upload`.
     """
+    key = signing_key(p12, key_file, cert_file, password) if sign else None
     op = app.client.save_instance(instance, name)
-    if not no_wait:
-        wait(app, op, timeout=3600, label=f"saving {instance} as {name}")
+    if no_wait and key is None:
+        output.info(app, f"saving {instance} as {name}: {op.id}")
+        return
+    wait(app, op, timeout=3600, label=f"saving {instance} as {name}")
     img = app.client.get_image(name)
+    if key is not None:
+        where = list(locations) or [f"{app.settings().endpoint}/api/v1/images/{img.id}/file"]
+        draft = {**app.client.image_metadata(img.id), "locations": where}
+        signed = sign_metadata(validate_metadata(draft), key)
+        with client_of(app, marketplace_url) as market:
+            entry = market.upload(signed.metadata, signed.signature)
+        output.info(app, f"published {entry.identifier} endorsed by {entry.endorser.key}")
     output.emit(app, [img], HEADERS, _rows([img]), ids=[img.id])
 
 
