@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
 from stratuslab.cli import output
 from stratuslab.cli.context import AppContext, json_option, pass_app
+from stratuslab.cli.marketplace_common import (
+    client_of,
+    key_options,
+    marketplace_option,
+    signing_key,
+)
 from stratuslab.config import default_data_dir
+from stratuslab.marketplace.certs import SigningKey
 
 
 @click.group()
@@ -38,13 +46,41 @@ def list_recipes() -> None:
     type=click.Path(path_type=Path),
     help="Where built images and downloaded packages are kept.",
 )
-def build(recipe: str, output: Path | None, cache_dir: Path | None) -> None:
+@click.option("--sign", is_flag=True, help="Write a signed marketplace entry next to it.")
+@click.option("--upload", is_flag=True, help="Upload the signed entry to the marketplace.")
+@click.option(
+    "--location",
+    "locations",
+    multiple=True,
+    metavar="URL",
+    help="Where the image will be downloadable, for the signed entry (repeatable).",
+)
+@key_options
+@marketplace_option
+@pass_app
+def build(
+    app: AppContext,
+    recipe: str,
+    output: Path | None,
+    cache_dir: Path | None,
+    sign: bool,
+    upload: bool,
+    locations: tuple[str, ...],
+    p12: Path | None,
+    key_file: Path | None,
+    cert_file: Path | None,
+    password: str | None,
+    marketplace_url: str | None,
+) -> None:
     """Build RECIPE (a .yaml file, or a shipped recipe: tiny, debian-12-base) into a qcow2.
 
     The image's metadata (name, version, os, arch, sha256, size, created, recipe hash) is
     written next to it as a .json file. An image built before from the same recipe and the same
-    package versions is reused from the cache.
+    package versions is reused from the cache. With --sign (and --p12, or --key and --cert) a
+    signed marketplace entry is written next to it (.entry.json + .entry.p7s); --upload also
+    publishes it.
     """
+    key = signing_key(p12, key_file, cert_file, password) if sign or upload else None
     from stratuslab.appliances.builder import build_recipe
     from stratuslab.appliances.recipe import resolve_recipe
 
@@ -66,7 +102,39 @@ def build(recipe: str, output: Path | None, cache_dir: Path | None) -> None:
     elapsed = time.monotonic() - started
     console.print(f"[green]{how}[/] {result.image} ({size:.1f} MiB) in {elapsed:.1f} s")
     console.print(f"metadata: {result.metadata_path}")
+    if key is not None:
+        entry_path = sign_built(result.image, result.metadata, key, list(locations))
+        console.print(f"signed entry: {entry_path}")
+        if upload:
+            with client_of(app, marketplace_url) as market:
+                entry = market.upload(
+                    entry_path.read_bytes(), entry_path.with_suffix(".p7s").read_bytes()
+                )
+            console.print(f"published {entry.identifier} endorsed by {entry.endorser.key}")
     click.echo(str(result.image))
+
+
+def sign_built(image: Path, built: dict[str, Any], key: SigningKey, locations: list[str]) -> Path:
+    """Sign marketplace metadata for a built image; write IMAGE.entry.json and .entry.p7s."""
+    from stratuslab.marketplace.metadata import build_metadata
+    from stratuslab.marketplace.signing import sign
+
+    meta = build_metadata(
+        image,
+        format="qcow2",
+        title=str(built.get("name") or image.stem),
+        description=str(built.get("description") or f"built from recipe {built.get('name')}"),
+        os=built.get("os"),
+        os_version=built.get("os_version"),
+        os_arch="x86_64" if built.get("arch") in (None, "amd64") else built.get("arch"),
+        version=built.get("version"),
+        locations=locations,
+    )
+    signed = sign(meta, key)
+    entry = image.with_name(image.stem + ".entry.json")
+    entry.write_bytes(signed.metadata)
+    entry.with_suffix(".p7s").write_bytes(signed.signature)
+    return entry
 
 
 @appliance.command("derive")
