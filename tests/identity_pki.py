@@ -356,6 +356,9 @@ class Issuer:
     #: kid -> key; what the JWKS publishes
     keys: dict[str, PrivateKey] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    #: mint tokens at the current time instead of NOW: for tokens a running app verifies
+    #: against its own clock (a long test session outlives NOW + the tokens' lifetime)
+    live_clock: bool = False
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -365,7 +368,8 @@ class Issuer:
         return {"keys": [jwk(kid, key) for kid, key in self.keys.items()]}
 
     def claims(self, **overrides: Any) -> dict[str, Any]:
-        now = int(NOW.timestamp()) if "now" not in overrides else int(overrides.pop("now"))
+        default = datetime.now(UTC) if self.live_clock else NOW
+        now = int(default.timestamp()) if "now" not in overrides else int(overrides.pop("now"))
         claims: dict[str, Any] = {
             "iss": self.url,
             "aud": self.audience,

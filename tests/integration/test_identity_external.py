@@ -40,6 +40,7 @@ HEADER = "X-SSL-Client-Cert"
 @pytest.fixture
 def issuer() -> Iterator[Issuer]:
     with serve_issuer() as served:
+        served.live_clock = True  # the app checks expiry against the real clock
         yield served
 
 
