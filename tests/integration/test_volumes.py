@@ -414,3 +414,18 @@ def test_migration_matches_the_models(ctx: Ctx) -> None:
     with ctx.sessions.kw["bind"].connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert [c for c in diff if "volume" in repr(c)] == []
+
+
+def test_volume_quota_counts_existing_volumes_and_their_size(api: TestClient, node: Node) -> None:
+    project = api.get("/api/v1/auth/whoami").json()["project_id"]
+    resp = api.put(f"/api/v1/quotas/projects/{project}", json={"volumes": 2, "volume_gib": 3})
+    assert resp.status_code == 200, resp.text
+    create(api, node, "one", gib=2)
+    too_big = api.post(V, json={"name": "two", "size_gib": 2})
+    assert too_big.status_code == 409
+    assert too_big.json()["error"]["code"] == "quota_exceeded"
+    assert "volume_gib" in too_big.text
+    create(api, node, "small", gib=1)
+    third = api.post(V, json={"name": "three", "size_gib": 0.5})
+    assert third.status_code == 409
+    assert "volumes" in third.json()["error"]["message"]

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from stratuslab.db.models import Image, Instance, Project, Quota, User
+from stratuslab.db.models import Image, Instance, Project, Quota, User, Volume
 from stratuslab.errors import InvalidInput
 from stratuslab.identity import quotas as pure
 from stratuslab.identity.principal import Principal
@@ -94,8 +94,25 @@ def usage(session: Session, *, project_id: str | None = None, user_id: str | Non
         ).where(*inst_cond)
     ).one()
     images = session.scalar(select(func.count(Image.id)).where(*img_cond)) or 0
-    # volumes and public addresses join here when those resources land
-    return Usage(instances=int(count), vcpus=int(vcpus), ram_mib=int(ram), images=int(images))
+    vol_cond: list[Any] = [Volume.state.not_in(("deleted", "quarantined"))]
+    if project_id is not None:
+        vol_cond.append(Volume.project_id == project_id)
+    if user_id is not None:
+        vol_cond.append(Volume.owner_id == user_id)
+    volumes, volume_bytes = session.execute(
+        select(func.count(Volume.id), func.coalesce(func.sum(Volume.size_bytes), 0)).where(
+            *vol_cond
+        )
+    ).one()
+    # public addresses join here when the network resource hands them out
+    return Usage(
+        instances=int(count),
+        vcpus=int(vcpus),
+        ram_mib=int(ram),
+        images=int(images),
+        volumes=int(volumes),
+        volume_gib=-(-int(volume_bytes) // 2**30),
+    )
 
 
 def check_create(session: Session, principal: Principal, request: Usage) -> None:
