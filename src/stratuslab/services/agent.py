@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from stratuslab.db.models import Host, Image, Instance, utcnow
 from stratuslab.schemas.agent import (
     ConsoleChunk,
+    DesiredAttachment,
     DesiredInstance,
     DesiredState,
     ImageRef,
@@ -33,55 +34,12 @@ def desired_state(
     rows = session.execute(
         select(Instance, Image)
         .join(Image, Image.id == Instance.image_id)
-        .where(
-            Instance.host_id == host.id,
-            or_(
-                Instance.status != InstanceStatus.DELETED.value,
-                Instance.desired != Desired.DELETED.value,
-            ),
-            Instance.status != InstanceStatus.PENDING.value,
-            # a failed provisioning was cleaned up by the agent: nothing left to converge
-            not_(
-                and_(
-                    Instance.status == InstanceStatus.FAILED.value,
-                    Instance.observed_generation >= Instance.generation,
-                )
-            ),
-        )
+        .where(Instance.host_id == host.id, *_ON_THE_HOST)
         .order_by(Instance.created_at)
     ).all()
     attachments = volumes.desired_attachments(session, [inst.id for inst, _ in rows])
     items = [
-        DesiredInstance(
-            id=inst.id,
-            name=inst.name,
-            hostname=str(inst.spec.get("hostname") or inst.name.lower()),
-            generation=inst.generation,
-            desired=inst.desired,
-            vcpus=inst.vcpus,
-            memory_mib=inst.memory_mib,
-            image=ImageRef(
-                id=image.id,
-                sha256=image.sha256,
-                format=image.format,
-                size_bytes=image.size_bytes,
-                locations=list(image.locations or []),
-                compression=image.compression,
-                sha512=image.sha512,
-            ),
-            ssh_port=inst.ssh_port,
-            ssh_keys=list(inst.spec.get("ssh_keys") or []),
-            user_data=inst.spec.get("user_data"),
-            context_method=str(inst.spec.get("context_method") or "nocloud"),
-            context=dict(inst.spec.get("context") or {}),
-            save_image_id=(inst.spec.get("save") or {}).get("image_id"),
-            volumes=attachments.get(inst.id, []),
-            boot_volume=inst.spec.get("boot_volume"),
-            egress=egress,
-            reboot_seq=inst.reboot_seq,
-            reboot_hard=inst.reboot_hard,
-            stop_timeout=stop_timeout,
-        )
+        _desired_instance(inst, image, stop_timeout, egress, attachments.get(inst.id, []))
         for inst, image in rows
     ]
     state = DesiredState(
@@ -91,6 +49,63 @@ def desired_state(
         volumes=volumes.desired_volumes(session, host),
     )
     return network_desired.fill(session, state)
+
+
+#: instances a host must converge: not gone for good, placed, and not a cleaned-up failure
+_ON_THE_HOST = (
+    or_(
+        Instance.status != InstanceStatus.DELETED.value,
+        Instance.desired != Desired.DELETED.value,
+    ),
+    Instance.status != InstanceStatus.PENDING.value,
+    # a failed provisioning was cleaned up by the agent: nothing left to converge
+    not_(
+        and_(
+            Instance.status == InstanceStatus.FAILED.value,
+            Instance.observed_generation >= Instance.generation,
+        )
+    ),
+)
+
+
+def _desired_instance(
+    inst: Instance,
+    image: Image,
+    stop_timeout: float,
+    egress: bool,
+    attached: list[DesiredAttachment],
+) -> DesiredInstance:
+    spec = inst.spec
+    return DesiredInstance(
+        id=inst.id,
+        name=inst.name,
+        hostname=str(spec.get("hostname") or inst.name.lower()),
+        generation=inst.generation,
+        desired=inst.desired,
+        vcpus=inst.vcpus,
+        memory_mib=inst.memory_mib,
+        image=ImageRef(
+            id=image.id,
+            sha256=image.sha256,
+            format=image.format,
+            size_bytes=image.size_bytes,
+            locations=list(image.locations or []),
+            compression=image.compression,
+            sha512=image.sha512,
+        ),
+        ssh_port=inst.ssh_port,
+        ssh_keys=list(spec.get("ssh_keys") or []),
+        user_data=spec.get("user_data"),
+        context_method=str(spec.get("context_method") or "nocloud"),
+        context=dict(spec.get("context") or {}),
+        save_image_id=(spec.get("save") or {}).get("image_id"),
+        volumes=attached,
+        boot_volume=spec.get("boot_volume"),
+        egress=egress,
+        reboot_seq=inst.reboot_seq,
+        reboot_hard=inst.reboot_hard,
+        stop_timeout=stop_timeout,
+    )
 
 
 def apply_report(
