@@ -45,7 +45,7 @@ def main() -> int:
     if args.save is not None:
         data = {"sim": [r.to_dict() for r in runs], "pure": [vars(p) for p in pure]}
         args.save.write_text(json.dumps(data, indent=2))
-    return 0 if all(r.checks.ok for r in runs) else 1
+    return 0 if all(r.checks.ok and not r.failures for r in runs) else 1
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def test_every_instance_is_placed_and_acknowledged(report: SimReport) -> None:
     assert report.fill.requested == 500
     assert report.fill.errors == report.churn.errors == 0
+    assert report.failures == []
     assert report.fill.placed == 500
     assert report.fill.acked == 500
     assert report.churn.deleted > 0

@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"sim": report.to_dict(), "pure": [vars(p) for p in pure]}, indent=2))
     else:
         print(format_report([report], pure))
-    return 0 if report.checks.ok and report.fill.acked == report.fill.requested else 1
+    ok = report.checks.ok and not report.failures
+    return 0 if ok and report.fill.acked == report.fill.requested else 1
 
 
 if __name__ == "__main__":

@@ -119,6 +119,8 @@ def format_report(runs: list[SimReport], pure: list[PureRate]) -> str:
         for row in table:
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
         lines.append("")
+        for r in runs:
+            lines.extend(f"{r.backend}: FAILED STEP {f}" for f in r.failures)
     lines.append("anchors:")
     lines.extend(f"  - {a}" for a in ANCHORS)
     return "\n".join(lines)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from stratuslab.sim.agents import Fleet, FleetShape
 from stratuslab.sim.controller import ControllerProcess
@@ -72,6 +76,8 @@ class SimReport:
     restart_converged_s: float | None = None
     agent_errors: int = 0
     checks: Checks = field(default_factory=Checks)
+    #: steps that failed (the run goes on; the numbers of that step are missing)
+    failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -124,19 +130,21 @@ async def _scenario(
         report.first_sync_seconds = await fleet.wait_synced(t, timeout=300) or -1.0
         live = await _fill_and_churn(config, ctrl, api, fleet, report, rng)
         report.idle_controller_cpu = await _idle_cpu(ctrl, seconds=5.0)
-        get_one, get_page, total = await asyncio.to_thread(
-            read_latency,
-            ctrl.url,
-            ctrl.admin_token,
-            live,
-            gets=config.gets,
-            pages=config.pages,
-            rng=rng,
-        )
-        report.get_one, report.get_page, report.listed_total = get_one, get_page, total
+        async with _step(report, "read latency"):
+            get_one, get_page, total = await asyncio.to_thread(
+                read_latency,
+                ctrl.url,
+                ctrl.admin_token,
+                live,
+                gets=config.gets,
+                pages=config.pages,
+                rng=rng,
+            )
+            report.get_one, report.get_page, report.listed_total = get_one, get_page, total
         report.rss_bytes, report.peak_rss_bytes = ctrl.memory()
         report.database_bytes = await asyncio.to_thread(database_size, url)
-        report.checks = await check(api, fleet)
+        async with _step(report, "checks"):
+            report.checks = await check(api, fleet)
         if config.restart:
             t = time.monotonic()
             report.restart_serving_s = await asyncio.to_thread(ctrl.restart)
@@ -181,6 +189,15 @@ async def _fill_and_churn(
         await wait_acked(fleet.tracker, report.churn, t0, timeout=timeout, deleted=deleted)
         live.extend(report.churn.ids)
     return live
+
+
+@contextlib.asynccontextmanager
+async def _step(report: SimReport, name: str) -> AsyncIterator[None]:
+    """Record a failed step and go on with the next one."""
+    try:
+        yield
+    except (httpx.HTTPError, OSError, ValueError) as exc:
+        report.failures.append(f"{name}: {type(exc).__name__}: {exc}")
 
 
 async def _idle_cpu(ctrl: ControllerProcess, *, seconds: float) -> float:
