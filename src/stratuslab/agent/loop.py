@@ -108,6 +108,8 @@ class Agent:
                 raise
             except ServiceUnavailable as exc:
                 log.warning("%s; retrying", exc.message)
+                # the controller may have restarted: ask for the full state at once
+                self.generation = -1
                 self.stopping.wait(2.0)
             except StratusError as exc:
                 log.error("reconcile pass failed: %s", exc)

@@ -73,7 +73,16 @@ def serve(
 
     settings = _settings(data_dir, database_url, host=host, port=port)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        access_log=False,
+        # agents pause between requests longer than uvicorn's 5 s default: keep them connected
+        timeout_keep_alive=75,
+        backlog=4096,
+    )
 
 
 def main() -> None:
