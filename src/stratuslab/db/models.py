@@ -245,6 +245,16 @@ class Host(Base):
     desired_generation: Mapped[int] = mapped_column(BigInteger, default=0)
     last_heartbeat: Mapped[datetime | None] = _ts(nullable=True)
     agent_version: Mapped[str] = mapped_column(String(32), default="")
+    #: admin-set (and join-time) labels read by requirement expressions: LABEL:gpu = "yes"
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
+    #: overcommit ratios; None: the cloud's default (ControllerSettings)
+    cpu_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ram_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: why the host is disabled, draining, offline or in error
+    state_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    #: libvirt URI other hosts use to live-migrate to this one (None: no live migration)
+    migration_uri: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = _ts()
 
 
@@ -287,9 +297,21 @@ class Instance(Base):
     deleted_at: Mapped[datetime | None] = _ts(nullable=True)
     #: when the project's lifetime limit warning was sent for the current run
     lifetime_warned_at: Mapped[datetime | None] = _ts(nullable=True)
+    #: scheduling: requirement expression (docs/scheduler.md) and (anti-)affinity groups
+    requirements: Mapped[str | None] = mapped_column(Text, nullable=True)
+    affinity_group: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    anti_affinity_group: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: what to do when its host fails: none, restart (from the image elsewhere), migrate
+    ha_policy: Mapped[str] = mapped_column(String(8), default="none", server_default="none")
+    #: since when it waits for a host (created, or put back by HA); None: placed
+    pending_since: Mapped[datetime | None] = _ts(nullable=True)
+    #: a migration in progress: {"mode", "from", "to", "phase", "image_id", ...}
+    migration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     __table_args__ = (
         UniqueConstraint("host_id", "ssh_port", name="uq_instances_host_port"),
         Index("ix_instances_project_status", "project_id", "status"),
+        Index("ix_instances_created", "created_at", "id"),
+        Index("ix_instances_project_created", "project_id", "created_at", "id"),
     )
 
 
