@@ -9,16 +9,22 @@
     running tiny appliance (a loop inside the guest, started over SSH before the call, prints
     when the serial appears), for a file volume and an iSCSI volume (private tgtd); and
     detach latency (``detach_volume`` returns once the guest released the disk).
+(c) attach latency through the API: ``POST /volumes/{id}/attach`` until the disk shows up in
+    the guest (same in-guest loop), and until the operation succeeded, through a real
+    controller and node agent (processes) with the agent's file pool and its iSCSI pool (the
+    agent starts its own tgtd); a detach between runs.
 
 Prints median and p90 per case, and the ratio baseline / clone. Run as root:
 
     .venv/bin/python bench/volumes.py [--runs 10] [--baseline-runs 3] [--sizes 1,10]
+        [--attach-runs 5] [--api-runs 5] [--no-clones] [--no-attach]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -32,18 +38,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from stratuslab.appliances.tiny import build_tiny
+from stratuslab.appliances.tiny import READY_MARKER, build_tiny
+from stratuslab.client.volumes import VolumesAPI
 from stratuslab.drivers.libvirt import LibvirtComputeDriver
 from stratuslab.drivers.storage.base import VolumeBackend
 from stratuslab.drivers.storage.file import FileVolumeBackend
 from stratuslab.drivers.storage.iscsi import IscsiVolumeBackend
+from stratuslab.schemas.instances import InstanceCreate
+from stratuslab.schemas.volumes import VolumeCreate
 from stratuslab.types import Hypervisor
-from tests.contract.test_volume_backend import loop_filesystem, private_tgtd
+from tests.contract.test_volume_backend import (
+    free_control_port,
+    free_port,
+    loop_filesystem,
+    private_tgtd,
+)
+from tests.functional.cloud import TINY_CACHE, Cloud, wait_for
 from tests.functional.test_volumes_hotplug import CACHE, TEST_ROOT, Guest, find_device_script
 from tests.functional.test_volumes_hotplug import tiny_guest as tiny_guest_cm
 
 GiB = 1 << 30
 HOST = "127.0.0.1"
+POOL = "volume_free_bytes"
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -202,6 +218,103 @@ def attach_latency(
     return elapsed
 
 
+# -- (c) attach latency through the API ------------------------------------------------------
+
+
+def bench_api_attach(runs: int) -> None:
+    """``POST /volumes/{id}/attach`` until the disk is in the guest's ``/sys/block``, through
+    a real controller and node agent (processes), for the agent's file and iSCSI pools."""
+    print("\nhot-plug through the API (controller + agent processes, tiny appliance, TCG)")
+    image = build_tiny(TINY_CACHE / "tiny.qcow2", cache_dir=TINY_CACHE / "tiny")
+    for pool, env in (
+        ("file (qcow2)", {}),
+        ("iscsi (agent's own tgtd)", {
+            "STRATUS_NODE_VOLUME_BACKEND": "iscsi",
+            "STRATUS_NODE_VOLUME_PORTAL_PORT": str(free_port()),
+            "STRATUS_NODE_VOLUME_TGTD_CONTROL_PORT": str(free_control_port()),
+        }),
+    ):  # fmt: skip
+        with api_cloud(image, env) as (cloud, key, port):
+            api = VolumesAPI(cloud.client)
+            made = api.create(VolumeCreate(name="bench", size_gib=0.0625))
+            cloud.client.wait_operation(made.operation.id, timeout=120)
+            vol = made.volume.id
+            to_guest, to_done = [], []
+            for _ in range(runs):
+                waiter = subprocess.Popen(
+                    guest_ssh(port, key, wait_script(vol, present=True)),
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                assert waiter.stdout is not None
+                assert waiter.stdout.readline().strip() == "go"
+                t0 = time.perf_counter()
+                op = api.attach("bench", "vm")
+                line = waiter.stdout.readline().strip()
+                to_guest.append(time.perf_counter() - t0)
+                waiter.wait(timeout=30)
+                assert line == "found", line
+                done = cloud.client.wait_operation(op.id, timeout=120)
+                to_done.append(time.perf_counter() - t0)
+                assert done.status == "succeeded", done.error
+                detached = cloud.client.wait_operation(api.detach("bench").id, timeout=120)
+                assert detached.status == "succeeded", detached.error
+                gone = subprocess.run(
+                    guest_ssh(port, key, wait_script(vol, present=False)),
+                    capture_output=True, text=True, timeout=60, check=False,
+                )  # fmt: skip
+                assert "found" in gone.stdout, gone.stderr
+            report(f"API attach -> in /sys/block, {pool}", to_guest)
+            report(f"API attach -> operation succeeded, {pool}", to_done)
+
+
+@contextmanager
+def api_cloud(image: Path, env: dict[str, str]) -> Iterator[tuple[Cloud, Path, int]]:
+    """A controller and an agent (with ``env``) running one tiny instance ``vm``."""
+    root = Path(tempfile.mkdtemp(prefix="vbench-cloud-", dir="/var/tmp"))
+    root.chmod(0o755)
+    cloud = Cloud(root, ssh_port_base=24000 + random.randrange(40) * 50)
+    cloud.env.update(env)
+    key = root / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    try:
+        cloud.start_controller()
+        cloud.start_node()
+        wait_for(lambda: len(cloud.client.list_hosts()) == 1, 90, "the node to join")
+        wait_for(lambda: POOL in cloud.client.list_hosts()[0].usage, 60, "the volume pool")
+        cloud.client.upload_image(image, "tiny")
+        created = cloud.client.create_instances(
+            InstanceCreate(image="tiny", flavor="t1.micro", name="vm",
+                           ssh_keys=[Path(f"{key}.pub").read_text()])
+        )  # fmt: skip
+        cloud.client.wait_operation(created.operation.id, timeout=300)
+        port = int(created.instances[0].ssh_port or 0)
+        wait_for(lambda: READY_MARKER in cloud.console("vm"), 240, "the guest to boot")
+        wait_for(lambda: subprocess.run(guest_ssh(port, key, "true"), capture_output=True,
+                                        check=False).returncode == 0, 120, "ssh")  # fmt: skip
+        yield cloud, key, port
+    finally:
+        cloud.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_script(volume_id: str, *, present: bool) -> str:
+    """Prints ``go``, then ``found`` once the volume's disk is there (or gone)."""
+    test = "-z" if present else "-n"
+    return (
+        f'echo go; while [ {test} "$({find_device_script(volume_id)})" ]; do usleep 5000; '
+        "done; echo found"
+    )
+
+
+def guest_ssh(port: int, key: Path, command: str) -> list[str]:
+    return [
+        "ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
+        "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=20",
+        "-o", "LogLevel=ERROR", "root@127.0.0.1", command,
+    ]  # fmt: skip
+
+
 @contextmanager
 def workspace() -> Iterator[Path]:
     TEST_ROOT.mkdir(mode=0o755, exist_ok=True)
@@ -220,13 +333,19 @@ def main() -> None:
     parser.add_argument("--sizes", default="1,10", help="volume sizes in GiB")
     parser.add_argument("--attach-runs", type=int, default=5)
     parser.add_argument("--no-attach", action="store_true")
+    parser.add_argument("--no-clones", action="store_true")
+    parser.add_argument("--api-runs", type=int, default=5, help="0: skip the API attach runs")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root (loop devices, libvirt)")
     with workspace() as work:
-        bench_clones(work, [int(s) for s in args.sizes.split(",")], args.runs, args.baseline_runs)
+        if not args.no_clones:
+            sizes = [int(s) for s in args.sizes.split(",")]
+            bench_clones(work, sizes, args.runs, args.baseline_runs)
         if not args.no_attach:
             bench_attach(work, args.attach_runs)
+    if args.api_runs:
+        bench_api_attach(args.api_runs)
 
 
 if __name__ == "__main__":

@@ -54,10 +54,27 @@ class ControllerSettings:
     #: first port of the per-host range forwarded to guests' SSH (user-mode networking)
     ssh_port_base: int = 22000
     ssh_port_count: int = 1000
+    #: host: each host hands out the whole range; cloud: a port is used once in the cloud
+    #: (several agents on one machine, as in tests and demos, share its loopback ports)
+    ssh_port_scope: str = "host"
     #: longest time a long-poll (operation wait, agent watch) is held open
     max_wait: float = 60.0
     #: seconds before an instance that cannot be placed fails
     pending_timeout: float = 600.0
+    #: placement policy (docs/scheduler.md): pack | stripe | load
+    scheduler_strategy: str = "pack"
+    #: extra weight of the measured host load (0: ignore it)
+    scheduler_load_weight: float = 0.0
+    #: bonus for a host whose image cache already holds the instance's image
+    scheduler_image_weight: float = 0.25
+    #: overcommit ratios (capacity = total x ratio); a host's own ratio overrides them
+    cpu_ratio: float = 1.0
+    ram_ratio: float = 1.0
+    disk_ratio: float = 1.0
+    #: what an instance does when its host fails, unless it says: none | restart | migrate
+    default_ha_policy: str = "none"
+    #: seconds a host must have been offline before HA moves its instances
+    ha_delay: float = 0.0
     #: user-mode NICs NAT guests to whatever the host reaches (package mirrors...); off: guests
     #: reach nothing but their forwarded ports
     guest_egress: bool = False
@@ -129,6 +146,28 @@ class ControllerSettings:
             return self.database_url
         return f"sqlite:///{self.data_dir / 'controller.db'}"
 
+    def __post_init__(self) -> None:
+        if self.scheduler_strategy not in ("pack", "stripe", "load"):
+            raise InvalidInput(
+                f"unknown scheduler_strategy {self.scheduler_strategy!r}",
+                hint="use pack, stripe or load",
+            )
+        for name in ("cpu_ratio", "ram_ratio", "disk_ratio"):
+            if not 0 < getattr(self, name) <= 100:
+                raise InvalidInput(
+                    f"{name} {getattr(self, name)} is out of range",
+                    hint="give an overcommit ratio above 0 and at most 100 (1.0: none)",
+                )
+        if self.ssh_port_scope not in ("host", "cloud"):
+            raise InvalidInput(
+                f"unknown ssh_port_scope {self.ssh_port_scope!r}", hint="use host or cloud"
+            )
+        if self.default_ha_policy not in ("none", "restart", "migrate"):
+            raise InvalidInput(
+                f"unknown default_ha_policy {self.default_ha_policy!r}",
+                hint="use none, restart or migrate",
+            )
+
 
 @dataclass(frozen=True)
 class NodeSettings:
@@ -145,6 +184,13 @@ class NodeSettings:
     resync_interval: float = 15.0
     #: size limit of the image cache in GiB (0: no limit); unused bases are evicted LRU
     image_cache_max_gib: float = 0.0
+    #: labels this host declares when it joins, for requirement expressions: "gpu=yes,rack=r1"
+    labels: str = ""
+    #: libvirt URI other hosts live-migrate to this one through (empty: no live migration)
+    migration_uri: str = ""
+    #: where live-migration streams to this host go (e.g. tcp://10.0.0.2 on the migration
+    #: network); empty: the address this host's name resolves to
+    migration_stream: str = ""
     # -- networks (docs/networking.md) ---------------------------------------------------
     #: host networking driver: none (user-mode NAT only: the all-in-one default) | linux | fake
     network_driver: str = "none"
@@ -165,6 +211,11 @@ class NodeSettings:
     #: iscsi backend: the tgtd portal QEMU's initiator connects to
     volume_portal: str = "127.0.0.1"
     volume_portal_port: int = 3260
+    #: iscsi backend: the tgtd to manage (tgtd -C N; 0: the default one). The agent starts
+    #: it (on volume_portal:volume_portal_port) when none answers.
+    volume_tgtd_control_port: int = 0
+    #: file backend: volume_dir is the same shared mount on every host (others attach it)
+    volume_shared: bool = False
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,17 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from stratuslab.agent.loop import host_capacity
+from stratuslab.agent.networks import AgentNetworks
+from stratuslab.drivers.fake import FakeComputeDriver
 from stratuslab.drivers.network.base import HostNetworkSpec, VxlanSpec
 from stratuslab.drivers.network.linux import LinuxNetworkDriver
+from stratuslab.schemas.agent import Heartbeat
+from stratuslab.types import Hypervisor
+from tests.integration.test_api import upload
+from tests.integration.test_lifecycle import Node, start_node
 from tests.netns import Netns, NetnsLab, netns_lab, require_root_tools
 
 pytestmark = pytest.mark.functional
@@ -127,3 +135,77 @@ def test_changing_the_vni_recreates_the_vxlan_device(pair: Pair) -> None:
     assert links[0]["master"] == "sbr-work"
     assert pair.hosts[0].run(["ip", "link", "show", "svx-100"], check=False).returncode != 0
     d1.remove_network("work")
+
+
+# -- peers from the controller ---------------------------------------------------------------
+
+
+def test_peers_come_from_the_controllers_desired_state(
+    pair: Pair, api: TestClient, qcow2_file: Path
+) -> None:
+    """The same two namespace "hosts", now agents of a real controller (in-process app,
+    SQLite; fake compute): each host's desired state names the other's underlay address as
+    the VXLAN peer, the agent's networking programs it, and deleting the instance on one host
+    takes the peer (and so the segment) away from the other."""
+    upload(api, qcow2_file, "base")
+    agents: list[tuple[Node, AgentNetworks]] = []
+    for index, host in enumerate(pair.hosts):
+        token = api.post("/api/v1/hosts/tokens").json()["token"]
+        compute = FakeComputeDriver(
+            hostname=f"vx-{index}", vcpus=1, memory_mib=768, hypervisor=Hypervisor.QEMU
+        )
+        node = start_node(api, token, driver=compute)
+        nets = AgentNetworks(
+            pair.drivers[index], None, netns=host.name, vxlan_local=str(UNDERLAY[index])
+        )
+        node.link.heartbeat(
+            Heartbeat(capacity=host_capacity(compute, Path("/")), usage=nets.usage())
+        )
+        agents.append((node, nets))
+    body = {
+        "name": "work",
+        "cidr4": "198.19.0.0/24",
+        "gateway4": "198.19.0.1",
+        "driver": "vxlan",
+        "mtu": 1450,
+    }
+    assert api.post("/api/v1/networks", json=body).status_code == 201
+    vms = []
+    for label in ("a", "b"):
+        resp = api.post(
+            "/api/v1/instances",
+            json={"image": "base", "flavor": "t1.micro", "name": label, "networks": ["work"]},
+        )
+        assert resp.status_code == 202, resp.text
+        vms.append(resp.json()["instances"][0])
+    on = {vm["host_id"]: vm for vm in vms}
+    assert len(on) == 2, "one instance per host"
+
+    def converge() -> None:
+        for node, nets in agents:
+            desired = node.link.desired(since=-1, wait=0)
+            assert nets.ensure_networks(desired) == []
+            nets.finish(desired)
+
+    converge()
+    ends = []
+    for index, (node, _) in enumerate(agents):
+        vm = on[node.host_id]
+        nic = vm["nics"][0]
+        ends.append(attach(pair, index, "work", vm["name"], nic["ipv4"], nic["mac"]))
+    fdb = pair.hosts[0].run(["bridge", "fdb", "show", "dev", "svx-10000"]).stdout
+    assert f"00:00:00:00:00:00 dst {UNDERLAY[1]}" in fdb, fdb
+    there = on[agents[1][0].host_id]["nics"][0]["ipv4"]
+    assert ends[0].ping(there, count=2), "the segment spans the hosts through the peers given"
+
+    api.delete(f"/api/v1/instances/{on[agents[1][0].host_id]['id']}")
+    converge()
+    fdb = pair.hosts[0].run(["bridge", "fdb", "show", "dev", "svx-10000"]).stdout
+    assert f"00:00:00:00:00:00 dst {UNDERLAY[1]}" not in fdb, fdb
+    # b's namespace is still plugged on host 2, but host 1 no longer floods to it: a fresh
+    # ARP request cannot reach b any more
+    ends[0].ip("neigh", "flush", "all")
+    assert not ends[0].ping(there), "no peer, no segment"
+    for index, (node, _) in enumerate(agents):
+        pair.drivers[index].unplug(f"vi-{on[node.host_id]['name']}")
+        node.link.close()

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from stratuslab.client.networks import NetworksApi
+from stratuslab.drivers.network.nftables import chain_suffix
 from stratuslab.schemas.instances import InstanceCreate
 from stratuslab.schemas.networks import (
     NetworkCreate,
@@ -233,3 +234,70 @@ def _port_forward_reaches_the_guest(site: Site) -> None:
         return ssh_banner(site.host, "198.19.40.1", 30022)
 
     wait_for(through_pat, 30, "the port forward to reach the guest's SSH")
+
+
+PAIR = ("198.19.40.21", "198.19.40.22")
+
+
+def test_two_guests_get_their_leases_and_reach_each_other(site: Site, ssh_key: Path) -> None:
+    """Two tiny guests (libvirt, TCG) on one bridged network: both get their reserved address
+    from the agent's dnsmasq, and one reaches the other (ICMP, and TCP to its SSH server)."""
+    api, cloud = site.api, site.cloud
+    api.create_network(NetworkCreate(name="lan", cidr4="198.19.40.0/24", gateway4="198.19.40.1"))
+    key = ssh_key.with_suffix(".pub").read_text().strip()
+    vms, ops = [], []
+    for name, address in zip(("pa", "pb"), PAIR, strict=True):
+        created = cloud.client.create_instances(
+            InstanceCreate(
+                image="tiny", flavor="t1.micro", name=name, ssh_keys=[key],
+                networks=[f"lan:ip={address}"],
+            )
+        )  # fmt: skip
+        vms.append(created.instances[0])
+        ops.append(created.operation.id)
+    for op in ops:
+        cloud.client.wait_operation(op, timeout=180)
+    leases = site.state / "networks" / "lan.leases"
+
+    def leased() -> bool:
+        text = leases.read_text() if leases.exists() else ""
+        return all(f"{vm.nics[0].mac} {vm.nics[0].ipv4} {vm.name}" in text for vm in vms)
+
+    wait_for(leased, 150, f"both guests' DHCP leases\n{cloud.log('node')}")
+    for vm in vms:
+        wait_for(lambda vm=vm: "STRATUSLAB-TINY READY" in cloud.console(vm.id), 120, "ready")
+    first, second = PAIR
+    done = ssh(
+        site,
+        ssh_key,
+        first,
+        f"ip -4 addr show eth0; ping -c 2 -W 3 {second}; echo | nc -w 5 {second} 22 | head -c 7",
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"inet {first}/24" in done.stdout, "the first guest holds its reserved address"
+    assert "2 packets received" in done.stdout, f"the first guest pings the second\n{done.stdout}"
+    assert done.stdout.rstrip().endswith("SSH-2.0"), f"TCP to the second's SSH\n{done.stdout}"
+    back = ssh(site, ssh_key, second, f"ip -4 addr show eth0; ping -c 1 -W 3 {first}")
+    assert back.returncode == 0 and f"inet {second}/24" in back.stdout, back.stdout + back.stderr
+    _deleted_member_leaves_remote_group_rules(site, vms[1].nics[0].tap, first)
+
+
+def _deleted_member_leaves_remote_group_rules(site: Site, tap: str, address: str) -> None:
+    """A rule naming the default group as remote: the second guest's ingress chain allows the
+    first guest's address, until the first guest is deleted."""
+    rule = SecurityRuleCreate(
+        direction="ingress", protocol="tcp", port_min=7000, remote_group="default"
+    )
+    site.api.add_rule("default", rule)
+    chain = ["nft", "list", "chain", "inet", "stratus_sg", f"ingress_{chain_suffix(tap)}"]
+    allowed = f"ip saddr {address} tcp dport 7000 accept"
+
+    def listed() -> bool | None:
+        done = site.host.run(chain, check=False)
+        return None if done.returncode != 0 else allowed in done.stdout
+
+    wait_for(lambda: listed() is True, 30, f"the remote-group rule on the host\n{diagnose(site)}")
+    site.cloud.client.delete_instance("pa")
+    wait_for(
+        lambda: listed() is False, 30, f"the deleted member to leave the rule\n{diagnose(site)}"
+    )

@@ -109,6 +109,16 @@ ROUTES: dict[tuple[str, str], Call] = {
     ("GET", "/hosts"): Call("cloud-admin"),
     ("GET", "/hosts/{ref}"): Call("cloud-admin", path="/hosts/node-1"),
     ("POST", "/hosts/tokens"): Call("cloud-admin"),
+    ("POST", "/hosts/{ref}/state"): Call(
+        "cloud-admin", path="/hosts/node-1/state", json={"action": "disable"}
+    ),
+    ("PATCH", "/hosts/{ref}"): Call(
+        "cloud-admin", path="/hosts/node-1", json={"labels": {"a": "b"}}
+    ),
+    ("DELETE", "/hosts/{ref}"): Call("cloud-admin", path="/hosts/no-such-host"),
+    ("POST", "/instances/{ref}/migrate"): Call(
+        "cloud-admin", path="/instances/{vm}/migrate", json={}
+    ),
     ("POST", "/auth/tokens"): Call("any", json={}),
     ("GET", "/auth/tokens"): Call("any"),
     ("DELETE", "/auth/tokens/{token_id}"): Call(

@@ -258,21 +258,27 @@ def test_nic_hot_attach_detach_and_port_forwards(
     assert fake_nics(node).macs(vm["id"]) == {n["mac"] for n in nics}
     assert host_driver(node).interfaces[tap_name(vm["id"], 1)] == bridge_name("back")
 
-    resp = api.post(f"{P}/instances/vm/port-forwards", json={"port": 22})
+    # on a private network, SSH is forwarded (PAT) from the placement on
+    (auto,) = api.get(f"{P}/instances/vm/port-forwards").json()
+    assert (auto["host_port"], auto["target"], auto["target_port"]) == (30000, "198.18.10.2", 22)
+    resp = api.post(f"{P}/instances/vm/port-forwards", json={"port": 8080})
     assert resp.status_code == 201, resp.text
     forward = resp.json()
     assert (forward["host_port"], forward["target"], forward["target_port"]) == (
-        30000,
+        30001,
         "198.18.10.2",
-        22,
+        8080,
     )
-    taken = api.post(f"{P}/instances/vm/port-forwards", json={"port": 80, "host_port": 30000})
+    taken = api.post(f"{P}/instances/vm/port-forwards", json={"port": 80, "host_port": 30001})
     assert taken.status_code == 409
     node.settle()
-    (pat,) = host_driver(node).port_forwards()
-    assert (pat.host_port, str(pat.target), pat.target_port) == (30000, "198.18.10.2", 22)
+    pats = sorted(host_driver(node).port_forwards(), key=lambda f: f.host_port)
+    assert [(f.host_port, str(f.target), f.target_port) for f in pats] == [
+        (30000, "198.18.10.2", 22),
+        (30001, "198.18.10.2", 8080),
+    ]
     shown = api.get(f"{P}/instances/vm").json()
-    assert [f["host_port"] for f in shown["port_forwards"]] == [30000]
+    assert [f["host_port"] for f in shown["port_forwards"]] == [30000, 30001]
 
     op = api.delete(f"{P}/instances/vm/nics/back")
     assert op.status_code == 202
@@ -282,6 +288,7 @@ def test_nic_hot_attach_detach_and_port_forwards(
     assert "back" not in host_driver(node).specs, "a network nothing uses leaves the host"
     assert api.delete(f"{P}/networks/back").status_code == 204
     api.delete(f"{P}/instances/vm/port-forwards/30000")
+    api.delete(f"{P}/instances/vm/port-forwards/30001")
     node.settle()
     assert host_driver(node).port_forwards() == []
 

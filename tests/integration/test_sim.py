@@ -65,6 +65,8 @@ def test_no_host_is_overcommitted_and_nothing_runs_twice(report: SimReport) -> N
 def test_measurements_and_restart(report: SimReport) -> None:
     assert report.get_one is not None and report.get_one.samples == 50
     assert report.get_page is not None and report.listed_total == 500
+    assert report.get_page.samples >= 5  # the whole list walked by cursor, 100 at a time
+    assert report.get_offset_page is not None and report.get_offset_page.samples == 10
     assert report.rss_bytes > 0 and report.database_bytes > 0
     assert report.restart_converged_s is not None  # every agent resynced after the restart
     text = format_report([report], [])

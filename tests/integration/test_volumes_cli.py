@@ -68,3 +68,16 @@ def test_volume_commands(stratus: Any, image: dict) -> None:  # noqa: F811
     assert [v["name"] for v in quarantined] == ["copy"]
     assert stratus("volume", "quarantine", "purge", quarantined[0]["id"]).exit_code == 0
     assert json.loads(stratus("volume", "quarantine", "list").output) == []
+
+
+def test_volume_create_from_instance(stratus: Any, image: dict) -> None:  # noqa: F811
+    assert stratus("run", "base", "--name", "vm").exit_code == 0
+    both = stratus("volume", "create", "x", "--from-instance", "vm", "--image", "base")
+    assert both.exit_code == 2 and "not both" in both.output
+    running = stratus("volume", "create", "x", "--from-instance", "vm")
+    assert running.exit_code != 0 and "stopped" in running.output
+    assert stratus("stop", "vm").exit_code == 0
+    made = stratus("volume", "create", "saved", "--from-instance", "vm")
+    assert made.exit_code == 0, made.output
+    saved = json.loads(made.output)
+    assert (saved["kind"], saved["state"], saved["name"]) == ("bootable", "available", "saved")

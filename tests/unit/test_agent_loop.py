@@ -53,3 +53,35 @@ def test_agent_resyncs_fully_after_the_controller_was_away() -> None:
     agent.stopping.wait = lambda timeout=None: False  # type: ignore[method-assign]
     agent.run()
     assert link.since == [-1, 7, -1]
+
+
+class WaitingLink(Link):
+    """A long-poll during which SIGTERM arrives (the handler calls ``agent.stop()``)."""
+
+    def desired(self, *, since: int, wait: float) -> DesiredState:
+        self.since.append(since)
+        assert self.agent is not None
+        if len(self.since) == 2:
+            self.agent.stop()  # raises inside the wait, as the signal handler would
+            raise AssertionError("stop() during a long-poll must interrupt it")
+        return DesiredState(host_id="h", generation=7, instances=[])
+
+
+def test_stop_during_a_long_poll_ends_the_agent_at_once() -> None:
+    driver = FakeComputeDriver()
+    workspace = FakeWorkspace()
+    link = WaitingLink()
+    reconciler = Reconciler(driver, workspace, FakeImageCache(), hypervisor=Hypervisor.QEMU)
+    agent = Agent(
+        link,  # type: ignore[arg-type]
+        reconciler,
+        workspace,
+        lambda: host_capacity(driver, Path("/")),
+        heartbeat_interval=3600,
+    )
+    link.agent = agent
+    agent.run()  # returns instead of raising or waiting for the next pass
+    assert link.since == [-1, 7]
+    assert agent.stopping.is_set() and not agent.polling
+    agent.stop()  # outside a long-poll: only flags the stop
+    assert agent.stopping.is_set()

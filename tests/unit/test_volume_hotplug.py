@@ -219,3 +219,39 @@ def test_fake_injects_hotplug_failures(fake: FakeComputeDriver) -> None:
     with pytest.raises(DriverError, match="injected"):
         fake.attach_volume(domain.uuid, file_volume(0))
     assert fake.attached_volumes(domain.uuid) == ()
+
+
+# -- a volume of another host's pool, opened at the URL that host reported -------------------
+
+
+def test_remote_attachment_from_an_iscsi_url() -> None:
+    from stratuslab.agent.volumes import remote_attachment
+    from stratuslab.schemas.agent import DesiredAttachment
+
+    want = DesiredAttachment(
+        volume_id=VOL, index=2, remote=True, url=f"iscsi://10.0.0.7:3261/{ISCSI.name}"
+    )
+    att = remote_attachment(want)
+    assert att.network == NetworkSource("iscsi", ISCSI.name, "10.0.0.7", 3261)
+    assert (att.path, att.target, att.format, att.readonly) == (None, "vde", "raw", False)
+    default_port = DesiredAttachment(
+        volume_id=VOL, index=0, remote=True, url=f"iscsi://storage-a/{ISCSI.name}"
+    )
+    network = remote_attachment(default_port).network
+    assert network is not None and (network.host, network.port) == ("storage-a", 3260)
+
+
+def test_remote_attachment_from_a_shared_mount_and_bad_urls() -> None:
+    from stratuslab.agent.volumes import remote_attachment
+    from stratuslab.schemas.agent import DesiredAttachment
+
+    shared = DesiredAttachment(
+        volume_id=VOL, index=0, readonly=True, shareable=True, format="qcow2", remote=True,
+        url=f"file:///srv/shared/volumes/{VOL}.qcow2",
+    )  # fmt: skip
+    att = remote_attachment(shared)
+    assert att.path == Path(f"/srv/shared/volumes/{VOL}.qcow2") and att.network is None
+    assert (att.format, att.readonly, att.shareable) == ("qcow2", True, True)
+    for url in ("nbd://host/x", "iscsi:///no-host", "iscsi://host", "file://"):
+        with pytest.raises(InvalidInput):
+            remote_attachment(DesiredAttachment(volume_id=VOL, index=0, remote=True, url=url))

@@ -15,7 +15,7 @@ from stratuslab.agent.controller import ControllerLink
 from stratuslab.agent.reconcile import Reconciler
 from stratuslab.agent.workspace import Workspace
 from stratuslab.drivers.base import ComputeDriver
-from stratuslab.errors import ServiceUnavailable, StratusError, Unauthorized
+from stratuslab.errors import InvalidInput, ServiceUnavailable, StratusError, Unauthorized
 from stratuslab.schemas.agent import ConsoleChunk, Heartbeat, HostCapacity, Report
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,14 @@ CONSOLE_QUIET = 15.0
 BOOT_WINDOW = 60.0
 
 
-def host_capacity(driver: ComputeDriver, state_dir: Path, hostname: str = "") -> HostCapacity:
+def host_capacity(
+    driver: ComputeDriver,
+    state_dir: Path,
+    hostname: str = "",
+    *,
+    labels: str = "",
+    migration_uri: str = "",
+) -> HostCapacity:
     caps = driver.capabilities()
     disk = shutil.disk_usage(state_dir) if state_dir.exists() else None
     return HostCapacity(
@@ -41,7 +48,25 @@ def host_capacity(driver: ComputeDriver, state_dir: Path, hostname: str = "") ->
         disk_gib=int(disk.total / 2**30) if disk else 0,
         hypervisor=caps.hypervisor.value,
         agent_version=__version__,
+        labels=parse_labels(labels),
+        migration_uri=migration_uri or None,
     )
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``"gpu=yes, rack=r1"`` -> ``{"gpu": "yes", "rack": "r1"}``."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidInput(
+                f"host label {item.strip()!r} is not KEY=VALUE",
+                hint='write labels as "gpu=yes,rack=r1" (STRATUS_NODE_LABELS)',
+            )
+        out[key.strip()] = value.strip()
+    return out
 
 
 class ConsoleTailer:
@@ -73,6 +98,10 @@ class ConsoleTailer:
             self.offsets[c.instance_id] = c.offset + len(c.data)
 
 
+class Stopped(BaseException):
+    """Raised by :meth:`Agent.stop` into a long-poll wait: the agent stops at once."""
+
+
 class Agent:
     def __init__(
         self,
@@ -83,7 +112,9 @@ class Agent:
         *,
         heartbeat_interval: float = 10.0,
         resync_interval: float = 15.0,
+        cached_images: Callable[[], list[str]] | None = None,
     ) -> None:
+        self.cached_images = cached_images or list
         self.link = link
         self.reconciler = reconciler
         self.workspace = workspace
@@ -92,6 +123,8 @@ class Agent:
         self.resync_interval = resync_interval
         self.console = ConsoleTailer(workspace)
         self.stopping = threading.Event()
+        #: True while waiting for the controller's long-poll (nothing half-done to interrupt)
+        self.polling = False
         self.generation = -1
         #: poll every BUSY_INTERVAL until this monotonic time
         self.fast_until = 0.0
@@ -103,6 +136,8 @@ class Agent:
         while not self.stopping.is_set():
             try:
                 busy = self.step(wait=BUSY_INTERVAL if busy else self.resync_interval)
+            except Stopped:
+                return
             except Unauthorized:
                 log.error("the controller no longer accepts this host's credential; stopping")
                 raise
@@ -115,13 +150,35 @@ class Agent:
                 log.error("reconcile pass failed: %s", exc)
                 self.stopping.wait(2.0)
 
+    def stop(self) -> None:
+        """From a signal handler: stop after the current pass; during a long-poll, at once
+        (the wait is interrupted; convergence is level-triggered, so nothing is lost)."""
+        self.stopping.set()
+        if self.polling:
+            raise Stopped
+
     def step(self, *, wait: float) -> bool:
         """One pass: wait for a change (or ``wait`` s), converge every instance, report."""
-        desired = self.link.desired(since=self.generation, wait=wait)
+        self.polling = True
+        try:
+            if self.stopping.is_set():
+                raise Stopped
+            desired = self.link.desired(since=self.generation, wait=wait)
+        finally:
+            self.polling = False
         report = Report()
         now = time.monotonic()
+        # Fencing first: an instance no longer meant for this host (moved away while the host
+        # was cut off, or deleted) is destroyed before anything else runs here.
+        keep = {i.id for i in desired.instances}
+        report.events.extend(self.reconciler.collect_garbage(keep))
         report.events.extend(self.reconciler.networks.ensure_networks(desired))
         for inst in desired.instances:
+            if inst.migrating_away:
+                continue  # live-migrating to another host: hands off its domain
+            if inst.migrate_from:
+                report.events.extend(self.reconciler.migrate_in(inst))
+                continue
             result = self.reconciler.converge(inst)
             report.instances.append(result.observed)
             report.events.extend(result.events)
@@ -130,8 +187,6 @@ class Agent:
             if any(e.kind in ("instance.started", "instance.rebooted") for e in result.events):
                 self.fast_until = max(self.fast_until, now + BOOT_WINDOW)
         report.events.extend(self.reconciler.networks.finish(desired))
-        keep = {i.id for i in desired.instances}
-        report.events.extend(self.reconciler.collect_garbage(keep))
         live = [i.id for i in desired.instances if i.desired != "deleted"]
         report.console = self.console.chunks(live)
         self.link.report(report)
@@ -144,7 +199,9 @@ class Agent:
     def _heartbeats(self) -> None:
         while not self.stopping.is_set():
             try:
-                self.link.heartbeat(Heartbeat(capacity=self.capacity(), usage=_usage()))
+                self.link.heartbeat(
+                    Heartbeat(capacity=self.capacity(), usage=_usage(), images=self.cached_images())
+                )
             except StratusError as exc:
                 log.warning("heartbeat failed: %s", exc.message)
             self.stopping.wait(self.heartbeat_interval)

@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -17,7 +18,7 @@ from stratuslab.agent.image_cache import FakeImageCache, ImageCache
 from stratuslab.agent.loop import Agent, host_capacity
 from stratuslab.agent.networks import build_networks
 from stratuslab.agent.reconcile import Images, Reconciler, Saver
-from stratuslab.agent.volumes import VolumeLink, attach_pool
+from stratuslab.agent.volumes import VolumeLink, attach_pool, close_pool
 from stratuslab.agent.workspace import (
     FakeWorkspace,
     LocalWorkspace,
@@ -30,7 +31,7 @@ from stratuslab.drivers.base import ComputeDriver
 from stratuslab.drivers.libvirt.kvm_probe import check_kvm_device
 from stratuslab.drivers.registry import get_compute_driver
 from stratuslab.errors import InvalidInput, StratusError
-from stratuslab.schemas.agent import JoinRequest
+from stratuslab.schemas.agent import HostCapacity, JoinRequest
 from stratuslab.types import Hypervisor
 
 CREDENTIAL_FILE = "credential.json"
@@ -51,7 +52,7 @@ def make_driver(settings: NodeSettings) -> ComputeDriver:
 def join(settings: NodeSettings, driver: ComputeDriver, url: str, token: str) -> dict[str, str]:
     link = ControllerLink(url)
     try:
-        capacity = host_capacity(driver, settings.state_dir, settings.hostname)
+        capacity = capacity_of(settings, driver)
         resp = link.join(JoinRequest(token=token, capacity=capacity))
     finally:
         link.close()
@@ -100,16 +101,46 @@ def build_agent(settings: NodeSettings, driver: ComputeDriver, cred: dict[str, s
     )
     volumes = attach_pool(settings, link, images, root_disk)
     reconciler = Reconciler(
-        driver, workspace, images, hypervisor=hypervisor, saver=saver, volumes=volumes
+        driver,
+        workspace,
+        images,
+        hypervisor=hypervisor,
+        saver=saver,
+        volumes=volumes,
+        connect=_connector(settings, hypervisor),
+        migration_uri=settings.migration_uri,
+        migration_stream=settings.migration_stream,
     )
     reconciler.networks = build_networks(settings)
     return Agent(
         link,
         reconciler,
         workspace,
-        lambda: host_capacity(driver, settings.state_dir, settings.hostname),
+        lambda: capacity_of(settings, driver),
         heartbeat_interval=settings.heartbeat_interval,
         resync_interval=settings.resync_interval,
+        cached_images=(
+            (lambda: [p.stem for p in images.cached()]) if isinstance(images, ImageCache) else None
+        ),
+    )
+
+
+def _connector(
+    settings: NodeSettings, hypervisor: Hypervisor
+) -> Callable[[str], ComputeDriver] | None:
+    """How this node opens another host's hypervisor (the source of a live migration)."""
+    if settings.driver != "libvirt" or not settings.migration_uri:
+        return None
+    return lambda uri: get_compute_driver("libvirt", uri=uri, hypervisor=hypervisor)
+
+
+def capacity_of(settings: NodeSettings, driver: ComputeDriver) -> HostCapacity:
+    return host_capacity(
+        driver,
+        settings.state_dir,
+        settings.hostname,
+        labels=settings.labels,
+        migration_uri=settings.migration_uri,
     )
 
 
@@ -158,13 +189,14 @@ def cli(
     agent = build_agent(settings, compute, cred)
 
     def _stop(_sig: int, _frame: FrameType | None) -> None:
-        agent.stopping.set()
+        agent.stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     try:
         agent.run()
     finally:
+        close_pool(agent.link)
         compute.close()
 
 

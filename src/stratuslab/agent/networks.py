@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -33,11 +34,12 @@ from typing import Protocol
 
 from stratuslab.config import NodeSettings
 from stratuslab.context.spec import Nic as GuestNic
-from stratuslab.drivers.base import NicSpec
+from stratuslab.drivers.base import NicSpec, PortForward
 from stratuslab.drivers.network import base as net
 from stratuslab.drivers.network.fake import FakeNetworkDriver
 from stratuslab.drivers.network.linux import Host, LinuxNetworkDriver
 from stratuslab.errors import DriverError, InvalidInput, StratusError
+from stratuslab.networks import underlay
 from stratuslab.schemas.agent import (
     AgentEvent,
     DesiredInstance,
@@ -125,7 +127,9 @@ def host_spec(desired: DesiredNetwork, *, vxlan_local: str | None = None) -> net
                 f"network {desired.name} is a VXLAN network but this host has no underlay address",
                 hint="set network_underlay in the node settings",
             )
-        vxlan = net.VxlanSpec(vni=desired.vni, local=ipaddress.IPv4Address(vxlan_local))
+        local = ipaddress.IPv4Address(vxlan_local)
+        peers = sorted({ipaddress.IPv4Address(p) for p in desired.peers if ":" not in p} - {local})
+        vxlan = net.VxlanSpec(vni=desired.vni, local=local, peers=tuple(peers))
     return net.HostNetworkSpec(
         name=desired.name,
         bridge=net.bridge_name(desired.name),
@@ -217,7 +221,22 @@ class AgentNetworks:
                 log.info("network %s not removed yet: %s", name, exc)
         return events
 
+    def usage(self) -> dict[str, float]:
+        """Heartbeat usage entries: this host's underlay address, so that the controller can
+        list it as a VXLAN peer in the other hosts' desired states."""
+        return underlay.encode(self.vxlan_local) if self.driver is not None else {}
+
     # -- per instance --------------------------------------------------------------------
+
+    def user_forwards(self, inst: DesiredInstance) -> tuple[PortForward, ...]:
+        """QEMU user-mode forwards besides SSH (the image's declared ports), for the domain."""
+        if inst.nics:
+            return ()
+        return tuple(
+            PortForward(host_port=f.host_port, guest_port=f.target_port, protocol=f.protocol)
+            for f in inst.port_forwards
+            if f.user_mode
+        )
 
     def user_network(self, inst: DesiredInstance) -> bool:
         """Instances on virtual networks have no user-mode NIC."""
@@ -360,6 +379,8 @@ class AgentNetworks:
             if inst.desired == "deleted":
                 continue
             for f in inst.port_forwards:
+                if f.user_mode:
+                    continue  # QEMU's, at domain definition
                 forward = net.PortForward(
                     host_port=f.host_port,
                     target=ipaddress.IPv4Address(f.target),
@@ -422,4 +443,16 @@ def build_networks(settings: NodeSettings) -> AgentNetworks:
         from stratuslab.drivers.libvirt.nic_hotplug import LibvirtNics
 
         nics = LibvirtNics(settings.libvirt_uri)
-    return AgentNetworks(driver, nics, netns=netns, vxlan_local=settings.network_underlay or None)
+    return AgentNetworks(driver, nics, netns=netns, vxlan_local=underlay_address(settings))
+
+
+def underlay_address(settings: NodeSettings) -> str | None:
+    """``network_underlay``, else (outside a test namespace) the address this host reaches its
+    controller from, unless that is a loopback address (an all-in-one cloud has no peers)."""
+    if settings.network_underlay or settings.network_netns:
+        return settings.network_underlay or None
+    url = settings.controller_url
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        # after a join the credential holds the controller's real URL
+        url = json.loads((settings.state_dir / "credential.json").read_text())["controller_url"]
+    return underlay.route_source(url)

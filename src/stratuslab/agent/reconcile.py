@@ -17,8 +17,15 @@ from typing import Protocol
 from stratuslab.agent.networks import AgentNetworks
 from stratuslab.agent.volumes import InstanceVolumes
 from stratuslab.agent.workspace import Workspace
-from stratuslab.drivers.base import DOMAIN_PREFIX, ComputeDriver, DomainSpec, PortForward
-from stratuslab.errors import ServiceUnavailable, StratusError
+from stratuslab.drivers.base import (
+    DOMAIN_PREFIX,
+    ComputeDriver,
+    DomainSpec,
+    LiveMigrationDriver,
+    MigrationOptions,
+    PortForward,
+)
+from stratuslab.errors import DriverError, ServiceUnavailable, StratusError
 from stratuslab.schemas.agent import AgentEvent, DesiredInstance, ImageRef, ObservedInstance
 from stratuslab.types import DesiredState, Hypervisor, InstanceStatus, PowerState
 
@@ -65,7 +72,16 @@ class Reconciler:
         saver: Saver | None = None,
         volumes: InstanceVolumes | None = None,
         networks: AgentNetworks | None = None,
+        connect: Callable[[str], ComputeDriver] | None = None,
+        migration_uri: str = "",
+        migration_stream: str = "",
     ) -> None:
+        #: where migration streams to this host go (None: its name's address)
+        self.migration_stream = migration_stream or None
+        #: opens a driver on another host's hypervisor (the source of a live migration)
+        self.connect = connect
+        #: this host's hypervisor as the others reach it
+        self.migration_uri = migration_uri
         self.saver: Saver = saver or NoSaver()
         #: the node's volume pool (agent/volumes.py); None: this node has none
         self.volumes = volumes
@@ -244,34 +260,92 @@ class Reconciler:
     def _provision(self, inst: DesiredInstance) -> None:
         """Image, disks, seed, domain — undone completely if any step fails."""
         try:
-            base = self.images.ensure(inst.image)
-            disks = self.workspace.prepare(inst, base)
-            boot = self.volumes.boot_disk(inst) if self.volumes else None
-            if boot is not None:
-                disks = (boot, *disks[1:])
-            forwards = (PortForward(host_port=inst.ssh_port),) if inst.ssh_port else ()
-            self.driver.define(
-                DomainSpec(
-                    uuid=inst.id,
-                    name=domain_name(inst.id),
-                    vcpus=inst.vcpus,
-                    memory_mib=inst.memory_mib,
-                    disks=disks,
-                    console_log=self.workspace.console_log(inst.id),
-                    hypervisor=self.hypervisor,
-                    port_forwards=forwards,
-                    user_network_egress=inst.egress,
-                    metadata={"instance": inst.id, "name": inst.name},
-                    user_network=self.networks.user_network(inst),
-                    nics=self.networks.domain_nics(inst),
-                    volumes=self.volumes.define_time(inst) if self.volumes else (),
-                )
-            )
+            self.driver.define(self._domain_spec(inst))
             self.networks.before_start(inst)
             self.driver.start(inst.id)
         except BaseException:
             self._cleanup(inst.id)
             raise
+
+    def _domain_spec(self, inst: DesiredInstance) -> DomainSpec:
+        """The image in the cache, the instance's disks and seed made, its domain described."""
+        base = self.images.ensure(inst.image)
+        disks = self.workspace.prepare(inst, base)
+        boot = self.volumes.boot_disk(inst) if self.volumes else None
+        if boot is not None:
+            disks = (boot, *disks[1:])
+        forwards = (PortForward(host_port=inst.ssh_port),) if inst.ssh_port else ()
+        return DomainSpec(
+            uuid=inst.id,
+            name=domain_name(inst.id),
+            vcpus=inst.vcpus,
+            memory_mib=inst.memory_mib,
+            disks=disks,
+            console_log=self.workspace.console_log(inst.id),
+            hypervisor=self.hypervisor,
+            port_forwards=forwards,
+            user_network_egress=inst.egress,
+            metadata={"instance": inst.id, "name": inst.name},
+            user_network=self.networks.user_network(inst),
+            nics=self.networks.domain_nics(inst),
+            volumes=self.volumes.define_time(inst) if self.volumes else (),
+        )
+
+    # -- live migration (docs/adr/0004-live-migration.md) ------------------------------------
+
+    def migrate_in(self, inst: DesiredInstance) -> list[AgentEvent]:
+        """Pull the running instance here from ``inst.migrate_from``: this host prepares the
+        disks (an overlay on the same cached base, the seed) and asks the source hypervisor to
+        send the domain with the top disk layer; the guest never stops."""
+        failed = self._failed.get(inst.id)
+        if failed is not None and failed[0] == inst.generation:
+            return []  # reported already; the controller ends the attempt
+        done = AgentEvent(
+            kind="instance.migrated_live",
+            instance_id=inst.id,
+            message=f"live-migrated here from {inst.migrate_from}",
+        )
+        if self.driver.state(inst.id) in (PowerState.RUNNING, PowerState.PAUSED):
+            return [done]  # landed on an earlier pass; the report was lost
+        try:
+            if self.connect is None or not self.migration_uri:
+                raise DriverError(
+                    "this host cannot receive live migrations",
+                    hint="set migration_uri (STRATUS_NODE_MIGRATION_URI) on this node",
+                    code="migration_unsupported",
+                )
+            spec = self._domain_spec(inst)
+            source = self.connect(str(inst.migrate_from))
+            try:
+                if not isinstance(source, LiveMigrationDriver):
+                    raise DriverError(
+                        "the source hypervisor's driver cannot live-migrate",
+                        hint="move the instance cold (`stratus migrate` without --live)",
+                        code="migration_unsupported",
+                    )
+                source.migrate_live(
+                    inst.id,
+                    self.migration_uri,
+                    dest=spec,
+                    options=MigrationOptions(
+                        copy_storage=True, migration_uri=self.migration_stream
+                    ),
+                )
+            finally:
+                source.close()
+        except StratusError as exc:
+            self._failed[inst.id] = (inst.generation, exc.message)
+            self.workspace.remove(inst.id)
+            return [
+                AgentEvent(
+                    kind="instance.migrate_failed",
+                    level="error",
+                    instance_id=inst.id,
+                    message=exc.message,
+                )
+            ]
+        self._mark_applied(inst)
+        return [done]
 
     def _cleanup(self, instance_id: str) -> None:
         with contextlib.suppress(StratusError):
@@ -316,6 +390,7 @@ class Reconciler:
                     kind="host.fenced",
                     level="warning",
                     message=f"removed instance {instance_id}: not assigned to this host",
+                    instance_id=instance_id,
                 )
             )
         return events

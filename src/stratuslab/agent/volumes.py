@@ -11,6 +11,14 @@
   boot disk of an instance booted from a volume, the hot-plug pass against
   ``HotplugDriver.attached_volumes()`` (so attachments survive agent restarts), and the
   clean-up when an instance goes (unexport; keep its root disk for the quarantine).
+* Volumes of a pool that exports to other hosts (iSCSI, a shared mount) are exported to the
+  hosts the controller lists (``DesiredVolume.exports``) and reported with the URL those
+  hosts open; an instance here attaches another host's volume at the URL it is given
+  (``DesiredAttachment.remote``), without its own pool.
+* A pool's volume can also be made from the root disk of a stopped instance of this host
+  (``DesiredVolume.root_of``).
+* :func:`ensure_tgtd` starts the ``tgtd`` of an iSCSI pool when none answers; only a daemon
+  this node started is ever stopped (:meth:`StoragePool.close`, when idle).
 """
 
 from __future__ import annotations
@@ -24,14 +32,23 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from stratuslab.agent.controller import ControllerLink
 from stratuslab.config import NodeSettings
-from stratuslab.drivers.base import ComputeDriver, DiskSpec, HotplugDriver, VolumeAttachment
+from stratuslab.drivers.base import (
+    ComputeDriver,
+    DiskSpec,
+    HotplugDriver,
+    NetworkSource,
+    VolumeAttachment,
+)
 from stratuslab.drivers.storage.base import VolumeBackend, VolumeExport
 from stratuslab.drivers.storage.registry import get_volume_backend
-from stratuslab.errors import ServiceUnavailable, StratusError
+from stratuslab.drivers.storage.tgt import Tgtadm, TgtDaemon
+from stratuslab.errors import InvalidInput, NotFound, ServiceUnavailable, StratusError
 from stratuslab.schemas.agent import (
+    DesiredAttachment,
     DesiredInstance,
     DesiredState,
     DesiredVolume,
@@ -49,6 +66,9 @@ MiB = 1 << 20
 #: heartbeat usage keys (services/volumes.py reads them)
 POOL_FREE = "volume_free_bytes"
 POOL_LIVE_SNAPSHOT = "volume_live_snapshot"
+POOL_SHARED = "volume_shared"
+#: the tgtd a node's agent started (STATE_DIR/tgtd.pid)
+TGTD_PID_FILE = "tgtd.pid"
 #: volumes are exported to this host (the all-in-one node; see docs/adr/0003-volumes.md)
 EXPORT_HOST = "127.0.0.1"
 
@@ -69,16 +89,35 @@ class StoragePool:
     failed: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: the last desired volumes, by id
     desired: dict[str, DesiredVolume] = field(default_factory=dict)
+    #: the tgtd this node started for its iSCSI pool (stopped by :meth:`close` when idle)
+    tgtd: NodeTgtd | None = None
+    #: volume id -> (url, format) other hosts open it at; why exporting it to them failed
+    _remote: dict[str, tuple[str, str]] = field(default_factory=dict, init=False)
+    _export_errors: dict[str, str] = field(default_factory=dict, init=False)
 
     def converge(self, wanted: list[DesiredVolume]) -> list[ObservedVolume]:
         self.desired = {v.id: v for v in wanted}
-        return [self._one(v) for v in wanted]
+        observed = []
+        for vol in wanted:
+            obs = self._one(vol)
+            if vol.present and obs.exists and not obs.error:
+                self._export_remote(vol)
+                obs = self.observe(vol)
+            observed.append(obs)
+        return observed
 
     def usage(self) -> dict[str, float]:
         return {
             POOL_FREE: float(self.backend.free_bytes()),
             POOL_LIVE_SNAPSHOT: 1.0 if self.backend.features.live_snapshot else 0.0,
+            POOL_SHARED: 1.0 if self.backend.features.shared else 0.0,
         }
+
+    def close(self) -> None:
+        """The agent stops: stop the tgtd it started unless a guest still uses it."""
+        started, self.tgtd = self.tgtd, None
+        if started is not None:
+            started.stop_if_idle()
 
     def keep_root(self, instance_id: str) -> None:
         """Copy an instance's root disk into the volume the controller made for it."""
@@ -91,6 +130,8 @@ class StoragePool:
 
     def unexport(self, volume_id: str) -> None:
         try:
+            if not self.backend.exists(volume_id):
+                return  # a volume of another host's pool (attached over iSCSI)
             self.backend.unexport(volume_id, self.host)
         except StratusError as exc:
             log.warning("unexport of volume %s failed: %s", volume_id, exc)
@@ -119,9 +160,11 @@ class StoragePool:
     def _make(self, vol: DesiredVolume) -> None:
         backend = self.backend
         if not backend.exists(vol.id):
-            if vol.instance_root is not None:
+            if vol.root_of is not None:
+                self._import_root(vol, vol.root_of, saving=True)
+            elif vol.instance_root is not None:
                 return  # made by keep_root when the instance is deleted
-            if vol.snapshot_of is not None:
+            elif vol.snapshot_of is not None:
                 backend.snapshot(vol.snapshot_of, vol.id)
             elif vol.clone_of is not None:
                 backend.clone(vol.clone_of, vol.id)
@@ -140,29 +183,66 @@ class StoragePool:
             self.backend.unexport(vol.id, host)
         self.backend.delete(vol.id)
 
-    def _import_root(self, vol: DesiredVolume, instance_id: str) -> None:
+    def _import_root(self, vol: DesiredVolume, instance_id: str, *, saving: bool = False) -> None:
+        """Copy (flatten) the root disk of ``instance_id`` into volume ``vol``. The domain
+        is shut off: a running QEMU holds a write lock on the disk and qemu-img refuses it."""
         if self.backend.exists(vol.id):
             return
         root = self.root_disk(instance_id)
-        if not root.exists():  # the fake workspace: nothing to copy
+        if not root.exists():
+            if saving and root.parts[:2] != ("/", "fake"):
+                raise NotFound(
+                    f"instance {instance_id} has no root disk on this host ({root})",
+                    hint="is the instance still on this host? save it where it runs",
+                )
+            # the fake workspace names files it never writes: nothing to copy
             self.backend.create(vol.id, vol.size_bytes)
             return
         size = max(vol.size_bytes, _virtual_size(root))
         self.backend.create(vol.id, math.ceil(size / MiB) * MiB, from_image=root)
 
+    def _export_remote(self, vol: DesiredVolume) -> None:
+        """Export ``vol`` to the other hosts attaching it; withdraw it from the others."""
+        self._export_errors.pop(vol.id, None)
+        try:
+            have = set(self.backend.info(vol.id).exports) - {self.host}
+            for host in sorted(set(vol.exports) - have):
+                export = self.backend.export(vol.id, host)
+                self._remote[vol.id] = (export.url, export.format)
+        except StratusError as exc:
+            log.warning("exporting volume %s to %s failed: %s", vol.id, vol.exports, exc)
+            self._export_errors[vol.id] = exc.message
+            return
+        for host in sorted(have - set(vol.exports)):
+            try:
+                self.backend.unexport(vol.id, host)
+            except StratusError as exc:  # still logged in: retried on the next pass
+                log.warning("withdrawing volume %s from %s: %s", vol.id, host, exc.message)
+
     def observe(self, vol: DesiredVolume, *, error: str = "") -> ObservedVolume:
-        """What the backend holds of ``vol`` now."""
+        """What the backend holds of ``vol`` now (and where other hosts open it)."""
+        remote: list[str] = []
         try:
             exists = self.backend.exists(vol.id)
             size = self.backend.size(vol.id) if exists else 0
+            if exists:
+                remote = sorted(set(self.backend.info(vol.id).exports) - {self.host})
+            if remote and vol.id not in self._remote:  # exported before this agent started
+                export = self.backend.export(vol.id, remote[0])
+                self._remote[vol.id] = (export.url, export.format)
         except StratusError as exc:
             exists, size, error = False, 0, error or exc.message
+        url, fmt = self._remote.get(vol.id, ("", "")) if remote else ("", "")
         return ObservedVolume(
             id=vol.id,
             exists=exists,
             observed_generation=vol.generation,
             size_bytes=size,
             error=error,
+            exported_to=remote,
+            export_url=url,
+            export_format=fmt,
+            export_error=self._export_errors.get(vol.id, ""),
         )
 
 
@@ -211,7 +291,8 @@ class InstanceVolumes:
     pool: StoragePool
 
     def define_time(self, inst: DesiredInstance) -> tuple[VolumeAttachment, ...]:
-        return tuple(self._attachment(inst, a.volume_id) for a in inst.volumes)
+        made = (self._attachment(inst, a.volume_id) for a in inst.volumes)
+        return tuple(a for a in made if a is not None)
 
     def boot_disk(self, inst: DesiredInstance) -> DiskSpec | None:
         if inst.boot_volume is None:
@@ -245,9 +326,12 @@ class InstanceVolumes:
                     continue
                 self.pool.unexport(have.volume_id)
         attached = {a.volume_id for a in driver.attached_volumes(inst.id)}
-        for volume_id in wanted.keys() - attached:
+        for volume_id in sorted(wanted.keys() - attached):
             try:
-                driver.attach_volume(inst.id, self._attachment(inst, volume_id))
+                attachment = self._attachment(inst, volume_id)
+                if attachment is None:
+                    continue  # its host has not exported it to this one yet
+                driver.attach_volume(inst.id, attachment)
             except StratusError as exc:
                 errors[volume_id] = exc.message
                 self.pool.unexport(volume_id)
@@ -267,10 +351,38 @@ class InstanceVolumes:
             self.pool.unexport(volume_id)
         self.pool.keep_root(instance_id)
 
-    def _attachment(self, inst: DesiredInstance, volume_id: str) -> VolumeAttachment:
+    def _attachment(self, inst: DesiredInstance, volume_id: str) -> VolumeAttachment | None:
         want = next(a for a in inst.volumes if a.volume_id == volume_id)
+        if want.remote:
+            return remote_attachment(want) if want.url else None
         export = self.pool.export(volume_id)
         return export.attachment(want.index, readonly=want.readonly, shareable=want.shareable)
+
+
+def remote_attachment(want: DesiredAttachment) -> VolumeAttachment:
+    """The attachment of a volume of another host's pool, opened at ``want.url``:
+    ``iscsi://portal:port/<iqn>/<lun>`` (QEMU's initiator) or ``file:///path`` (a mount
+    shared by every host)."""
+    url = urlsplit(want.url or "")
+    path, network = None, None
+    if url.scheme == "iscsi" and url.hostname and url.path.strip("/"):
+        network = NetworkSource("iscsi", url.path.strip("/"), url.hostname, url.port or 3260)
+    elif url.scheme == "file" and url.path:
+        path = Path(url.path)
+    else:
+        raise InvalidInput(
+            f"volume {want.volume_id}: cannot open {want.url!r}",
+            hint="the volume's host exports iscsi:// or file:// URLs only",
+        )
+    return VolumeAttachment(
+        volume_id=want.volume_id,
+        index=want.index,
+        format=want.format,
+        path=path,
+        network=network,
+        readonly=want.readonly,
+        shareable=want.shareable,
+    )
 
 
 def _virtual_size(path: Path) -> int:
@@ -297,12 +409,80 @@ def make_backend(settings: NodeSettings) -> VolumeBackend | None:
         backend = get_volume_backend(
             "iscsi", root=root, portal_host=settings.volume_portal,
             portal_port=settings.volume_portal_port,
+            control_port=settings.volume_tgtd_control_port or None,
         )  # fmt: skip
         restore = getattr(backend, "restore_exports", None)
         if restore is not None:
             restore()  # tgtd keeps targets in memory only
         return backend
-    return get_volume_backend(name, root=root, format=settings.volume_format)
+    options: dict[str, Any] = {"format": settings.volume_format}
+    if settings.volume_shared:
+        options.update(shared=True, hostname=settings.hostname or None)
+    return get_volume_backend(name, root=root, **options)
+
+
+@dataclass
+class NodeTgtd:
+    """A ``tgtd`` this node's agent started for its iSCSI pool, recorded in ``pid_file`` so
+    that the next agent (after a restart) knows it is the node's own."""
+
+    daemon: TgtDaemon
+    pid_file: Path
+
+    def stop_if_idle(self) -> bool:
+        """Stop it unless an initiator is logged in (a running guest keeps its disk; the
+        next agent adopts the daemon); True if stopped."""
+        try:
+            busy = [t.iqn for t in self.daemon.tgtadm.targets().values() if t.sessions]
+        except StratusError:
+            busy = []
+        if busy:
+            log.info("leaving tgtd (pid %s) running: %d volume(s) in use", self.daemon.pid,
+                     len(busy))  # fmt: skip
+            return False
+        log.info("stopping tgtd (pid %s), which this node started", self.daemon.pid)
+        self.daemon.stop()
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def ensure_tgtd(settings: NodeSettings) -> NodeTgtd | None:
+    """Make sure the iSCSI pool has a ``tgtd`` to talk to: one that answers already (the
+    system service, or one an earlier agent on this node started: adopted), or a new one on
+    ``volume_portal:volume_portal_port``, started in its own session. Returns the daemon if
+    this node started it (only those are ever stopped), None for someone else's."""
+    control = settings.volume_tgtd_control_port
+    pid_file = settings.state_dir / TGTD_PID_FILE
+    recorded = _recorded_pid(pid_file)
+    if Tgtadm(control or None).ready():
+        adopted = None if recorded is None else TgtDaemon.adopt(recorded, control_port=control)
+        if adopted is None:
+            pid_file.unlink(missing_ok=True)
+            return None
+        log.info("tgtd (pid %s) started earlier by this node is running", recorded)
+        return NodeTgtd(adopted, pid_file)
+    daemon = TgtDaemon(
+        portal_host=settings.volume_portal,
+        portal_port=settings.volume_portal_port,
+        control_port=control,
+        log=settings.state_dir / "tgtd.log",
+    )
+    daemon.start(detach=True)
+    tmp = pid_file.with_suffix(".tmp")
+    tmp.write_text(f"{daemon.pid}\n")
+    tmp.replace(pid_file)
+    log.info(
+        "started tgtd (pid %s) on %s:%s", daemon.pid, settings.volume_portal,
+        settings.volume_portal_port,
+    )  # fmt: skip
+    return NodeTgtd(daemon, pid_file)
+
+
+def _recorded_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def attach_pool(
@@ -312,8 +492,23 @@ def attach_pool(
     root_disk: Callable[[str], Path],
 ) -> InstanceVolumes | None:
     """Give ``link`` (a :class:`VolumeLink`) the node's pool; what the reconciler uses."""
-    backend = make_backend(settings)
-    if backend is None or not isinstance(link, VolumeLink):
+    if not isinstance(link, VolumeLink) or settings.volume_backend == "none":
         return None
-    link.pool = StoragePool(backend, EXPORT_HOST, images, root_disk)
+    real_iscsi = settings.volume_backend == "iscsi" and settings.driver != "fake"
+    tgtd = ensure_tgtd(settings) if real_iscsi else None
+    try:
+        backend = make_backend(settings)
+    except BaseException:
+        if tgtd is not None:
+            tgtd.stop_if_idle()
+        raise
+    if backend is None:
+        return None
+    link.pool = StoragePool(backend, EXPORT_HOST, images, root_disk, tgtd=tgtd)
     return InstanceVolumes(link.pool)
+
+
+def close_pool(link: ControllerLink) -> None:
+    """The agent stops (``stratus-node`` calls this last): see :meth:`StoragePool.close`."""
+    if isinstance(link, VolumeLink) and link.pool is not None:
+        link.pool.close()

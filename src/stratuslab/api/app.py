@@ -43,7 +43,7 @@ from stratuslab.marketplace.truststore import TrustStoreCache
 from stratuslab.schemas.common import ErrorEnvelope
 from stratuslab.services import hosts as host_service
 from stratuslab.services import instances as instance_service
-from stratuslab.services import lifetime, quarantine
+from stratuslab.services import lifetime, mobility, quarantine
 from stratuslab.services.context import Ctx
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def housekeeping(ctx: Ctx) -> None:
     with uow as s:
         instance_service.place_pending(uow)
         host_service.mark_offline(s, ctx.settings.heartbeat_grace)
+        mobility.advance(uow)
         lifetime.enforce(uow)
         quarantine.expire(uow, ctx.settings.volume_quarantine)
 

@@ -1,4 +1,5 @@
-"""Audit middleware: records every mutating API call in its own transaction.
+"""Audit middleware: records every mutating API call, after the response, in a transaction
+of its own (on SQLite, one shared with other small writes: api/group_commit.py).
 
 A pure ASGI middleware (streamed uploads pass through untouched). When the response has
 been sent, it writes one ``audit_log`` row: who (the principal left in
@@ -15,9 +16,9 @@ import logging
 import time
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stratuslab.api import group_commit
 from stratuslab.identity.principal import Principal
 from stratuslab.services import audit
 from stratuslab.services.context import Ctx
@@ -55,13 +56,12 @@ class AuditMiddleware:
         finally:
             entry = _entry(scope, state, status, (time.perf_counter() - started) * 1000)
             try:
-                await run_in_threadpool(self._write, entry)
+                # after the response: on SQLite in one transaction with other small writes
+                await group_commit.write(
+                    scope.get("app"), self.ctx, lambda uow: audit.record(uow.session, entry)
+                )
             except Exception:  # the call happened; losing its audit row must not hide it
                 log.exception("could not write the audit record of %s %s", entry.method, entry.path)
-
-    def _write(self, entry: audit.Entry) -> None:
-        with self.ctx.uow() as session:
-            audit.record(session, entry)
 
 
 def _entry(scope: Scope, state: dict[str, Any], status: int, duration_ms: float) -> audit.Entry:

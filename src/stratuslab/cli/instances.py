@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -96,6 +97,17 @@ def encode_user_data(args: tuple[str, ...]) -> str | None:
     metavar="GB", help="Add a volatile disk of GB GiB, deleted with the instance (repeatable).",
 )  # fmt: skip
 @click.option("--boot-volume", metavar="VOLUME", help="Boot from this bootable volume.")
+@click.option(
+    "--vm-requirements", "--requirements", "requirements", metavar="EXPR",
+    help='Host requirement expression, e.g. \'ARCH = "x86_64" & LABEL:gpu = "yes"\'.',
+)  # fmt: skip
+@click.option("--affinity-group", metavar="GROUP", help="Run on a host with other members.")
+@click.option("--anti-affinity-group", metavar="GROUP", help="Never on a host with another member.")
+@click.option(
+    "--ha", "ha_policy", type=click.Choice(["none", "restart", "migrate"]),
+    help="When its host fails: none, restart elsewhere from the image, or migrate (needs "
+    "--boot-volume on shared storage). Default: the site's.",
+)  # fmt: skip
 @click.option("-n", "--count", type=click.IntRange(1, 100), default=1, show_default=True)
 @no_wait_option
 @timeout_option
@@ -115,6 +127,10 @@ def run(
     volumes: tuple[str, ...],
     volatile_disks: tuple[int, ...],
     boot_volume: str | None,
+    requirements: str | None,
+    affinity_group: str | None,
+    anti_affinity_group: str | None,
+    ha_policy: Literal["none", "restart", "migrate"] | None,
     count: int,
     no_wait: bool,
     timeout: float,
@@ -134,6 +150,10 @@ def run(
         volumes=list(volumes),
         volatile_disks=list(volatile_disks),
         boot_volume=boot_volume,
+        requirements=requirements,
+        affinity_group=affinity_group,
+        anti_affinity_group=anti_affinity_group,
+        ha_policy=ha_policy,
     )
     if not spec.ssh_keys:
         output.info(app, "note: no SSH key given and none found in ~/.ssh; pass --key FILE")
@@ -255,6 +275,29 @@ def kill(
 
 @click.command()
 @click.argument("ref", metavar="ID")
+@click.option("--host", help="Target host (default: the scheduler's choice).")
+@click.option("--live", is_flag=True, help="Keep it running while it moves (libvirt to libvirt).")
+@no_wait_option
+@timeout_option
+@json_option
+@pass_app
+def migrate(
+    app: AppContext, ref: str, host: str | None, live: bool, no_wait: bool, timeout: float
+) -> None:
+    """Move an instance to another host (admin). Cold: stop it, move its root disk, start it
+    there. --live: the guest keeps running."""
+    op = app.client.migrate_instance(ref, host, live=live)
+    if not no_wait:
+        wait(app, op, timeout=timeout, label=f"migrating {ref}")
+    inst = app.client.get_instance(ref)
+    rows = [
+        (output.short_id(inst.id), inst.name, inst.status, output.text(inst.address), _host(inst))
+    ]
+    output.emit(app, [inst], RUN_HEADERS, rows, ids=[inst.id])
+
+
+@click.command()
+@click.argument("ref", metavar="ID")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until Ctrl-C.")
 @pass_app
 def console(app: AppContext, ref: str, follow: bool) -> None:
@@ -292,7 +335,7 @@ def ssh(
     app.exec_fn("ssh", ssh_argv(instance, user=user, identity=identity, extra=ssh_args))
 
 
-COMMANDS = (run, list_, show, start, stop, reboot, kill, console, ssh)
+COMMANDS = (run, list_, show, start, stop, reboot, kill, console, ssh, migrate)
 
 
 # -- helpers -------------------------------------------------------------------------------

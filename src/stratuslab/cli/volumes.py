@@ -35,18 +35,31 @@ def volume() -> None:
 @click.argument("name")
 @click.option("-s", "--size", type=float, help="Size in GiB (default with --image: the image's).")
 @click.option("--image", help="Make a bootable volume holding this image.")
+@click.option(
+    "--from-instance", "instance", metavar="INSTANCE",
+    help="Make a bootable volume holding the root disk of this stopped instance.",
+)  # fmt: skip
 @click.option("--public", is_flag=True, help="Let everyone attach it (only you delete it).")
 @no_wait_option
 @timeout_option
 @json_option
 @pass_app
-def create(app: AppContext, name: str, size: float | None, image: str | None, public: bool,
-           no_wait: bool, timeout: float) -> None:  # fmt: skip
-    """Create a volume NAME: blank (--size) or from an image (--image)."""
-    if size is None and image is None:
-        raise click.UsageError("give --size GiB (or --image IMAGE)")
+def create(app: AppContext, name: str, size: float | None, image: str | None,
+           instance: str | None, public: bool, no_wait: bool, timeout: float) -> None:  # fmt: skip
+    """Create a volume NAME: blank (--size), from an image (--image) or from the root disk of
+    a stopped instance (--from-instance), in the volume pool of the instance's host."""
+    if image is not None and instance is not None:
+        raise click.UsageError("give --image or --from-instance, not both")
+    if instance is not None and size is not None:
+        raise click.UsageError("--from-instance takes the size of the root disk; drop --size")
+    if size is None and image is None and instance is None:
+        raise click.UsageError("give --size GiB (or --image IMAGE, or --from-instance INSTANCE)")
     spec = VolumeCreate(
-        name=name, size_gib=size, image=image, visibility="public" if public else "private"
+        name=name,
+        size_gib=size,
+        image=image,
+        instance=instance,
+        visibility="public" if public else "private",
     )
     _finish(app, _api(app).create(spec), "creating", no_wait=no_wait, timeout=timeout)
 

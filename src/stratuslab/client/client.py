@@ -29,7 +29,7 @@ from stratuslab.errors import (
     Unauthorized,
     error_from_dict,
 )
-from stratuslab.schemas.common import Page
+from stratuslab.schemas.common import CursorPage
 from stratuslab.schemas.events import Event
 from stratuslab.schemas.flavors import Flavor, FlavorCreate
 from stratuslab.schemas.hosts import Host, JoinTokenCreated
@@ -159,21 +159,40 @@ class StratusClient:
     # -- instances -------------------------------------------------------------------------
 
     def list_instances(
-        self, *, status: str | None = None, limit: int = 100, offset: int = 0
-    ) -> Page[Instance]:
-        params = _params(status=status, limit=limit, offset=offset)
-        return self._parse(Page[Instance], self._request("GET", "/instances", params=params))
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+        cursor: str | None = None,
+        count: bool | None = None,
+    ) -> CursorPage[Instance]:
+        params = _params(
+            status=status,
+            limit=limit,
+            offset=offset or None,
+            cursor=cursor,
+            count=None if count is None else str(count).lower(),
+        )
+        return self._parse(CursorPage[Instance], self._request("GET", "/instances", params=params))
 
     def iter_instances(
         self, *, status: str | None = None, page_size: int = 100
     ) -> Iterator[Instance]:
-        """Every instance, following the pages."""
+        """Every instance, following the pages (by key; by offset from an older server)."""
         offset = 0
+        cursor: str | None = None
         while True:
-            page = self.list_instances(status=status, limit=page_size, offset=offset)
+            page = self.list_instances(
+                status=status, limit=page_size, offset=0 if cursor else offset, cursor=cursor
+            )
             yield from page.items
             offset += len(page.items)
-            if not page.items or offset >= page.total:
+            if not page.items:
+                return
+            if page.next_cursor:
+                cursor = page.next_cursor
+            elif cursor or page.total is None or offset >= page.total:
                 return
 
     def create_instances(self, spec: InstanceCreate) -> InstanceCreated:
@@ -265,6 +284,30 @@ class StratusClient:
 
     def get_host(self, ref: str) -> Host:
         return self._parse(Host, self._request("GET", f"/hosts/{_seg(ref)}"))
+
+    def host_state(self, ref: str, action: str, reason: str = "") -> Host:
+        """enable, disable or drain a host."""
+        response = self._request(
+            "POST", f"/hosts/{_seg(ref)}/state", json={"action": action, "reason": reason}
+        )
+        return self._parse(Host, response)
+
+    def update_host(self, ref: str, changes: Mapping[str, Any]) -> Host:
+        """Labels (a None value removes one), ratios, reset_ratios."""
+        return self._parse(Host, self._request("PATCH", f"/hosts/{_seg(ref)}", json=changes))
+
+    def remove_host(self, ref: str) -> None:
+        self._request("DELETE", f"/hosts/{_seg(ref)}")
+
+    def migrate_instance(
+        self, ref: str, host: str | None = None, *, live: bool = False
+    ) -> Operation:
+        """Migrate an instance, cold or ``live`` (to ``host``, or where the scheduler says)."""
+        body: dict[str, Any] = {"host": host} if host else {}
+        if live:
+            body["live"] = True
+        response = self._request("POST", f"/instances/{_seg(ref)}/migrate", json=body)
+        return self._parse(Operation, response)
 
     def create_join_token(self, ttl: float = 3600) -> JoinTokenCreated:
         response = self._request("POST", "/hosts/tokens", params={"ttl": _seconds(ttl)})

@@ -253,6 +253,11 @@ class Host(Base):
     disk_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
     #: why the host is disabled, draining, offline or in error
     state_reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    #: what the admin chose (enabled, disabled, draining); ``state`` is this unless the host
+    #: is offline or in error, and returns to it when the host is back
+    admin_state: Mapped[str] = mapped_column(
+        String(16), default="enabled", server_default="enabled"
+    )
     #: libvirt URI other hosts use to live-migrate to this one (None: no live migration)
     migration_uri: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = _ts()
@@ -306,7 +311,7 @@ class Instance(Base):
     #: since when it waits for a host (created, or put back by HA); None: placed
     pending_since: Mapped[datetime | None] = _ts(nullable=True)
     #: a migration in progress: {"mode", "from", "to", "phase", "image_id", ...}
-    migration: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    migration: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     __table_args__ = (
         UniqueConstraint("host_id", "ssh_port", name="uq_instances_host_port"),
         Index("ix_instances_project_status", "project_id", "status"),

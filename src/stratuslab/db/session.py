@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stratuslab.errors import InvalidInput, ServiceUnavailable
@@ -23,18 +25,53 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
     if url.startswith("postgresql"):
-        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        engine = create_engine(url, pool_size=10, max_overflow=20)
+        _ping_idle_connections(engine)
+        return engine
     raise InvalidInput(
         f"unsupported database URL {url!r}",
         hint="use sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DB",
     )
 
 
+#: a pooled connection idle longer than this is checked before use (seconds)
+PING_AFTER_IDLE = 10.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Check a pooled connection before use only when it sat idle for a while (the server
+    may have closed it meanwhile). ``pool_pre_ping`` would check every checkout: one more
+    round trip per transaction, on every request."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+            dbapi_conn.rollback()
+        except Exception as exc:  # the pool drops this connection and takes another
+            raise DisconnectionError(f"stale pooled connection: {exc}") from exc
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = url.removeprefix("sqlite:///")
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    # A file database keeps a connection per API worker thread (40): a connection made for
+    # a burst and closed after it costs a connect and the pragmas below every time.
+    on_file = url.startswith("sqlite:///") and path not in ("", ":memory:")
+    pool: dict[str, Any] = {"pool_size": 40, "max_overflow": 10} if on_file else {}
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -49,9 +86,40 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only sessions (:func:`read_session`) begin deferred: in WAL mode they read a
+        # snapshot without waiting for, or blocking, the one writer.
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+#: execution option marking a connection that only reads (see :func:`read_session`)
+READ_ONLY = "stratus_read_only"
+_READ_ENGINE = "_stratus_read_engine"
+
+
+def read_engine(engine: Engine) -> Engine:
+    """``engine`` for read-only work: same pool, but SQLite transactions begin deferred
+    instead of taking the write lock (PostgreSQL: no difference). Made once per engine."""
+    found = getattr(engine, _READ_ENGINE, None)
+    if not isinstance(found, Engine):
+        found = engine.execution_options(**{READ_ONLY: True})
+        setattr(engine, _READ_ENGINE, found)
+    return found
+
+
+def read_session(factory: sessionmaker[Session]) -> Session:
+    """A session for a transaction that only reads (a GET, a long-poll check, an agent's
+    credential). On SQLite it does not queue behind writers for the write lock; it must not
+    write (a write could fail with "database is locked" when another writer got there
+    first)."""
+    bind = factory.kw.get("bind")
+    if not isinstance(bind, Engine) or bind.dialect.name != "sqlite":
+        return factory()
+    return factory(bind=read_engine(bind))
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -266,3 +266,84 @@ class HotplugDriver(Protocol):
     def attached_volumes(self, uuid: str) -> tuple[VolumeAttachment, ...]:
         """The volumes attached now (live when running, else as defined), by index."""
         ...
+
+
+# -- live migration (optional capability) ---------------------------------------------------
+
+#: Stable error codes of :meth:`LiveMigrationDriver.migrate_live`, shared by every driver.
+MIGRATION_UNREACHABLE = "migration_destination_unreachable"  # HypervisorUnavailable
+MIGRATION_SAME_HOST = "migration_same_host"  # Conflict
+MIGRATION_CONFLICT = "migration_destination_conflict"  # Conflict
+MIGRATION_NOT_RUNNING = "migration_not_running"  # Conflict
+MIGRATION_UNSAFE = "migration_unsafe"  # DriverError
+MIGRATION_UNSUPPORTED = "migration_unsupported"  # DriverError
+MIGRATION_REFUSED = "migration_refused"  # DriverError
+MIGRATION_TIMEOUT = "migration_timeout"  # DriverError
+MIGRATION_FAILED = "migration_failed"  # DriverError
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    """How :meth:`LiveMigrationDriver.migrate_live` moves a running domain.
+
+    Storage is either copied or shared. ``copy_storage`` copies the top layer of every
+    writable file disk while the guest runs (libvirt ``VIR_MIGRATE_NON_SHARED_INC``): the
+    destination must already hold each such disk at its path in the destination spec, created
+    on the same backing base with the same virtual size, and every read-only disk (the seed
+    ISO). Otherwise the disks must be on storage both hosts see at the same path; libvirt
+    refuses that (``migration_unsafe``) unless the filesystem is one it knows to be shared
+    (NFS, CephFS, GlusterFS, GFS2, OCFS2, ...) or ``trust_shared_storage`` vouches for it.
+    """
+
+    copy_storage: bool = False
+    #: Skip libvirt's "is this filesystem shared?" check (``VIR_MIGRATE_UNSAFE``).
+    trust_shared_storage: bool = False
+    #: Where the memory (and disk) stream goes, e.g. ``tcp://10.0.0.2``; None: the address
+    #: the destination's hostname resolves to.
+    migration_uri: str | None = None
+    #: The source libvirtd drives the migration and talks to the destination itself (it
+    #: survives the caller dying); False: this process drives it over two connections.
+    peer_to_peer: bool = True
+    #: Encrypt the stream with QEMU's TLS (needs ``migrate_tls_x509_*`` on both hosts).
+    tls: bool = False
+    #: Cap the stream at this many MiB/s; None: no cap.
+    bandwidth_mib_s: int | None = None
+    #: Abort (the domain keeps running on the source) after this many seconds.
+    timeout: float = 600.0
+
+
+@runtime_checkable
+class LiveMigrationDriver(Protocol):
+    """Optional capability: move a running domain to another hypervisor without stopping it.
+
+    Check with ``isinstance(driver, LiveMigrationDriver)``. ``dest_uri`` names the destination
+    hypervisor as this driver reaches it (libvirt: ``qemu+tls://host/system``,
+    ``qemu+ssh://host/system``, ``qemu+unix:///system?socket=PATH``). ``dest`` is the
+    domain as the destination runs it: the same uuid, name and guest hardware, with the
+    destination's disk paths, console log, forwarded ports and bridges; None keeps the
+    source's. On success the domain runs (and is defined) on the destination only. On an
+    error before the switch-over (every case below) it still runs on the source and nothing
+    is left on the destination; ``details["source_state"]`` says what the source saw after.
+
+    Errors (a :class:`~stratuslab.errors.DriverError` with a ``MIGRATION_*`` code unless said
+    otherwise): the domain is not defined (``DriverError``, no code); it is not running
+    (``Conflict``, ``migration_not_running``); ``dest`` describes another domain
+    (``InvalidInput``); the destination cannot be reached (``HypervisorUnavailable``,
+    ``migration_destination_unreachable``), is this very host (``Conflict``,
+    ``migration_same_host``) or holds a clashing domain (``Conflict``,
+    ``migration_destination_conflict``); storage is neither shared nor copied
+    (``migration_unsafe``); the hypervisor cannot migrate (``migration_unsupported``); the
+    destination refused the domain (``migration_refused``); the timeout expired
+    (``migration_timeout``); anything else (``migration_failed``).
+    """
+
+    def migrate_live(
+        self,
+        uuid: str,
+        dest_uri: str,
+        *,
+        dest: DomainSpec | None = None,
+        options: MigrationOptions | None = None,
+    ) -> None:
+        """Live-migrate domain ``uuid`` to ``dest_uri``; returns once it runs there."""
+        ...

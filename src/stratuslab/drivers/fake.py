@@ -8,6 +8,10 @@ thread-safe and small, so a simulation can hold thousands of them in one process
 Tests can make any method fail with ``fail_on={"start", ...}`` (a :class:`DriverError` is
 raised before anything changes), and can act as the guest with :meth:`guest_poweroff` and
 :meth:`crash`.
+
+Fake drivers registered in one :class:`FakeHypervisors` reach each other by URI, so a domain
+can be live-migrated from one to another (:meth:`FakeComputeDriver.migrate_live`); a
+destination with ``"accept_migration"`` in its ``fail_on`` refuses incoming domains.
 """
 
 from __future__ import annotations
@@ -19,18 +23,25 @@ from dataclasses import dataclass, field
 
 from stratuslab.drivers.base import (
     DOMAIN_PREFIX,
+    MIGRATION_CONFLICT,
+    MIGRATION_NOT_RUNNING,
+    MIGRATION_REFUSED,
+    MIGRATION_SAME_HOST,
+    MIGRATION_UNREACHABLE,
     DomainSpec,
     DomainStatus,
     HostCapabilities,
+    MigrationOptions,
     VolumeAttachment,
 )
-from stratuslab.errors import Conflict, DriverError, InvalidInput
+from stratuslab.errors import Conflict, DriverError, HypervisorUnavailable, InvalidInput
 from stratuslab.types import Hypervisor, PowerState
 
 #: Methods a failure can be injected into.
 FAILABLE = frozenset(
     {"capabilities", "list_domains", "state", "define", "start", "shutdown", "destroy"}
     | {"reboot", "reset", "undefine", "attach_volume", "detach_volume"}
+    | {"migrate_live", "accept_migration"}
 )
 
 _Volumes = dict[str, VolumeAttachment]  # by target
@@ -55,6 +66,27 @@ class _Domain:
         self.state = state
 
 
+class FakeHypervisors:
+    """Fake hypervisors by URI: what lets fake drivers live-migrate domains to each other."""
+
+    def __init__(self) -> None:
+        self._drivers: dict[str, FakeComputeDriver] = {}
+        self._lock = threading.Lock()
+
+    def register(self, uri: str, driver: FakeComputeDriver) -> None:
+        with self._lock:
+            self._drivers[uri] = driver
+
+    def unregister(self, uri: str) -> None:
+        """The hypervisor at ``uri`` becomes unreachable."""
+        with self._lock:
+            self._drivers.pop(uri, None)
+
+    def lookup(self, uri: str) -> FakeComputeDriver | None:
+        with self._lock:
+            return self._drivers.get(uri)
+
+
 class FakeComputeDriver:
     """A :class:`~stratuslab.drivers.base.ComputeDriver` that keeps domains in a dict.
 
@@ -62,16 +94,20 @@ class FakeComputeDriver:
     ``RUNNING`` after :meth:`shutdown` (0: off at once; None: the guest ignores ACPI).
     It also offers the :class:`~stratuslab.drivers.base.HotplugDriver` capability;
     ``guest_releases_disks=False`` plays a guest without ACPI hot-plug (live detach times out).
+    With ``hypervisors`` it registers itself there under ``uri`` (default ``fake://HOSTNAME/``)
+    and offers the :class:`~stratuslab.drivers.base.LiveMigrationDriver` capability.
     """
 
     __slots__ = (
         "_domains",
         "_host",
+        "_hypervisors",
         "_lock",
         "_names",
         "fail_on",
         "guest_releases_disks",
         "shutdown_delay",
+        "uri",
     )
 
     name = "fake"
@@ -87,8 +123,12 @@ class FakeComputeDriver:
         shutdown_delay: int | None = 0,
         fail_on: Iterable[str] = (),
         guest_releases_disks: bool = True,
+        uri: str | None = None,
+        hypervisors: FakeHypervisors | None = None,
     ) -> None:
         self._host = HostCapabilities(hostname, arch, vcpus, memory_mib, hypervisor)
+        self.uri = uri or f"fake://{hostname}/"
+        self._hypervisors = hypervisors
         self._domains: dict[str, _Domain] = {}
         self._names: dict[str, str] = {}  # name -> uuid
         self._lock = threading.Lock()
@@ -98,6 +138,8 @@ class FakeComputeDriver:
         unknown = self.fail_on - FAILABLE
         if unknown:
             raise ValueError(f"cannot inject failures into {sorted(unknown)}")
+        if hypervisors is not None:
+            hypervisors.register(self.uri, self)
 
     # -- the ComputeDriver protocol ---------------------------------------------------------
 
@@ -217,6 +259,58 @@ class FakeComputeDriver:
             view = dom.config_volumes if dom.live_volumes is None else dom.live_volumes
             return tuple(sorted(view.values(), key=lambda attachment: attachment.index))
 
+    # -- the LiveMigrationDriver capability -------------------------------------------------
+
+    def migrate_live(
+        self,
+        uuid: str,
+        dest_uri: str,
+        *,
+        dest: DomainSpec | None = None,
+        options: MigrationOptions | None = None,
+    ) -> None:
+        """Move the running domain to the fake at ``dest_uri``, checking what libvirt checks.
+
+        ``options`` are accepted and ignored: the fake has no storage or stream to mind.
+        """
+        self._maybe_fail("migrate_live")
+        with self._lock:
+            name = self._migratable(uuid).spec.name
+        if dest is not None and (_canonical(dest.uuid) != _canonical(uuid) or dest.name != name):
+            raise InvalidInput(
+                f"the destination spec describes {dest.name} ({dest.uuid}), not {name} ({uuid})",
+                hint="a migrated domain keeps its uuid and name; only host-local parts change",
+            )
+        target = self._hypervisors.lookup(dest_uri) if self._hypervisors is not None else None
+        if dest_uri == self.uri or target is self:
+            raise Conflict(
+                f"cannot live-migrate {name} to {dest_uri}: that is the hypervisor it runs on",
+                code=MIGRATION_SAME_HOST,
+                hint="name another host's hypervisor",
+            )
+        if target is None:
+            raise HypervisorUnavailable(
+                f"cannot live-migrate {name}: the destination {dest_uri} is unreachable",
+                code=MIGRATION_UNREACHABLE,
+                hint="check the destination URI",
+            )
+        first, second = sorted((self, target), key=id)
+        with first._lock, second._lock:
+            dom = self._migratable(uuid)
+            key = _canonical(dom.spec.uuid) or dom.spec.uuid
+            target._check_incoming(key, name, dest_uri)
+            moved = _moved(dom, dest)
+            if "accept_migration" in target.fail_on:
+                raise DriverError(
+                    f"live migration of {name} to {dest_uri} failed: injected refusal",
+                    code=MIGRATION_REFUSED,
+                    hint="the test asked for it with fail_on",
+                    details={"source_state": "running"},
+                )
+            del self._domains[key], self._names[name]
+            target._domains[key] = moved
+            target._names[name] = key
+
     # -- acting as the guest (test helpers) -------------------------------------------------
 
     def guest_poweroff(self, uuid: str) -> None:
@@ -257,6 +351,37 @@ class FakeComputeDriver:
                 f"domain {dom.spec.name} is not running", hint="start the domain first"
             )
         return dom
+
+    def _migratable(self, uuid: str) -> _Domain:
+        dom = self._get(uuid)
+        if self._poll(dom, consume=False) not in (PowerState.RUNNING, PowerState.PAUSED):
+            raise Conflict(
+                f"domain {dom.spec.name} is not running; only a running domain can be "
+                "live-migrated",
+                code=MIGRATION_NOT_RUNNING,
+                hint="start it first, or move it cold",
+            )
+        return dom
+
+    def _check_incoming(self, uuid: str, name: str, uri: str) -> None:
+        """Refuse an incoming domain whose uuid or name clashes, or that runs here already."""
+        for key in (uuid, self._names.get(name)):
+            dom = None if key is None else self._domains.get(key)
+            if dom is None:
+                continue
+            if key != uuid or dom.spec.name != name:
+                raise Conflict(
+                    f"cannot live-migrate {name} ({uuid}) to {uri}: it holds domain "
+                    f"{dom.spec.name} ({key})",
+                    code=MIGRATION_CONFLICT,
+                    hint="a domain's name and uuid must be free on the destination",
+                )
+            if dom.state in (PowerState.RUNNING, PowerState.PAUSED):
+                raise Conflict(
+                    f"cannot live-migrate {name} to {uri}: it already runs there",
+                    code=MIGRATION_CONFLICT,
+                    hint="an instance must never run twice: check which host it belongs to",
+                )
 
     def _check_unique(self, uuid: str, name: str) -> None:
         owner = self._names.get(name)
@@ -313,6 +438,23 @@ def _check_targets(spec: DomainSpec) -> _Volumes:
             hint="volumes take vdc.. by attachment index; give instance disks other targets",
         )
     return {volume.target: volume for volume in spec.volumes}
+
+
+def _moved(dom: _Domain, dest: DomainSpec | None) -> _Domain:
+    """``dom`` as the destination runs it; InvalidInput when ``dest`` changes its disks."""
+    if dest is None:
+        config, live = dict(dom.config_volumes), dict(dom.live_volumes or {})
+        return _Domain(dom.spec, dom.state, None, config, live)
+    running = {disk.target for disk in dom.spec.disks} | set(dom.live_volumes or {})
+    wanted = {disk.target for disk in dest.disks} | set(_check_targets(dest))
+    if running != wanted:
+        raise InvalidInput(
+            f"the destination spec of {dest.name} has disks {sorted(wanted)}, the running "
+            f"domain {sorted(running)}",
+            hint="give every disk of the running domain a destination path, and no others",
+        )
+    volumes = _check_targets(dest)
+    return _Domain(dest, dom.state, None, dict(volumes), dict(volumes))
 
 
 def _boot_targets(dom: _Domain) -> set[str]:

@@ -15,6 +15,10 @@ class HostCapacity(WireIn):
     disk_gib: int
     hypervisor: str
     agent_version: str = ""
+    #: labels the node declares (NodeSettings.labels); an admin may change them later
+    labels: dict[str, str] = Field(default_factory=dict)
+    #: libvirt URI other hosts live-migrate to this one through; None: no live migration
+    migration_uri: str | None = None
 
 
 class JoinRequest(WireIn):
@@ -30,6 +34,10 @@ class JoinResponse(Wire):
 class Heartbeat(WireIn):
     capacity: HostCapacity
     usage: dict[str, float] = Field(default_factory=dict)
+    #: keys (sha256) of the image bases in the node's cache: the scheduler favours them
+    images: list[str] = Field(default_factory=list, max_length=10000)
+    #: set when the node cannot run instances (hypervisor unreachable...): host in error
+    error: str | None = None
 
 
 class ImageRef(Wire):
@@ -53,6 +61,12 @@ class DesiredAttachment(Wire):
     index: int
     readonly: bool = False
     shareable: bool = False
+    #: the volume is in the pool of another host (iSCSI or a shared mount): open it at
+    #: ``url`` (``iscsi://portal:port/iqn/lun`` or ``file:///path``); no url yet: that host
+    #: has not exported it to this one, attach it later
+    remote: bool = False
+    url: str | None = None
+    format: str = "raw"
 
 
 class DesiredVolume(Wire):
@@ -69,6 +83,10 @@ class DesiredVolume(Wire):
     snapshot_of: str | None = None
     #: copy the root disk of this (stopped or deleted) instance; the agent does it itself
     instance_root: str | None = None
+    #: make it now as a copy of the root disk of this stopped instance of the host
+    root_of: str | None = None
+    #: other hosts (names or addresses) whose instances attach it: export it to them
+    exports: list[str] = Field(default_factory=list)
 
 
 class ObservedVolume(WireIn):
@@ -77,6 +95,12 @@ class ObservedVolume(WireIn):
     observed_generation: int
     size_bytes: int = 0
     error: str = ""
+    #: the other hosts it is exported to now, and where they open it
+    exported_to: list[str] = Field(default_factory=list)
+    export_url: str = ""
+    export_format: str = ""
+    #: why exporting it to another host failed
+    export_error: str = ""
 
 
 class DesiredRule(Wire):
@@ -112,6 +136,8 @@ class DesiredForward(Wire):
     host_port: int
     target: str
     target_port: int
+    #: forwarded by QEMU's user-mode NIC (hostfwd on 127.0.0.1), not by the host's nftables
+    user_mode: bool = False
 
 
 class DesiredReservation(Wire):
@@ -136,6 +162,8 @@ class DesiredNetwork(Wire):
     vlan: int | None = None
     vni: int | None = None
     reservations: list[DesiredReservation] = Field(default_factory=list)
+    #: VXLAN: the underlay addresses of the other hosts carrying this network (FDB peers)
+    peers: list[str] = Field(default_factory=list)
 
 
 class DesiredInstance(Wire):
@@ -168,6 +196,10 @@ class DesiredInstance(Wire):
     reboot_seq: int
     reboot_hard: bool
     stop_timeout: float
+    #: live migration: pull the running instance here from the hypervisor at this URI
+    migrate_from: str | None = None
+    #: live migration: it is leaving this host; leave its domain alone meanwhile
+    migrating_away: bool = False
 
 
 class DesiredState(Wire):

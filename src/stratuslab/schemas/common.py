@@ -38,3 +38,15 @@ class Page(BaseModel, Generic[T]):
     total: int
     limit: int
     offset: int
+
+
+class CursorPage(BaseModel, Generic[T]):
+    """A page of a list that can be followed by key: pass ``next_cursor`` back as ``cursor``
+    for the next page (None: this was the last one). Deep pages cost what the first does.
+    ``total`` is counted for a request without a cursor (None otherwise, unless asked for)."""
+
+    items: list[T]
+    total: int | None
+    limit: int
+    offset: int
+    next_cursor: str | None = None

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -47,6 +47,24 @@ class InstanceCreate(WireIn):
     security_group: str | None = Field(
         default=None, description="security group of the NICs (default: the project's default)"
     )
+    requirements: str | None = Field(
+        default=None,
+        max_length=4096,
+        description='host requirement expression, e.g. ARCH = "x86_64" & LABEL:gpu = "yes" '
+        "(the original --vm-requirements; docs/scheduler.md)",
+    )
+    affinity_group: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description="run on a host with other members"
+    )
+    anti_affinity_group: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description="never on a host with another member"
+    )
+    ha_policy: Literal["none", "restart", "migrate"] | None = Field(
+        default=None,
+        description="when its host fails: none, restart (elsewhere, from the image), migrate "
+        "(elsewhere, with its disks: needs a boot volume on shared storage); the site default "
+        "if absent",
+    )
 
 
 class Instance(Wire):
@@ -75,6 +93,12 @@ class Instance(Wire):
     nics: list[Nic] = Field(default_factory=list)
     #: host ports forwarded to the instance (PAT)
     port_forwards: list[PortForward] = Field(default_factory=list)
+    requirements: str | None = None
+    affinity_group: str | None = None
+    anti_affinity_group: str | None = None
+    ha_policy: str = "none"
+    #: a migration in progress: mode (cold, live), from, to, phase
+    migration: dict[str, Any] | None = None
 
 
 class InstanceCreated(Wire):

@@ -23,6 +23,11 @@ class VolumeCreate(WireIn):
     image: str | None = Field(
         default=None, description="make a bootable volume holding this image (id or name)"
     )
+    instance: str | None = Field(
+        default=None,
+        description="make a bootable volume holding the root disk of this stopped instance "
+        "(id or name), in the volume pool of its host",
+    )
     visibility: Visibility = "private"
 
 

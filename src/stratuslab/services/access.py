@@ -120,6 +120,10 @@ ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", f"{P}/hosts"): CloudAdmin("listing hosts"),
     ("GET", f"{P}/hosts/{{ref}}"): CloudAdmin("showing a host"),
     ("POST", f"{P}/hosts/tokens"): CloudAdmin("creating a host join token"),
+    ("POST", f"{P}/hosts/{{ref}}/state"): CloudAdmin("enabling, disabling or draining a host"),
+    ("PATCH", f"{P}/hosts/{{ref}}"): CloudAdmin("changing a host"),
+    ("DELETE", f"{P}/hosts/{{ref}}"): CloudAdmin("removing a host"),
+    ("POST", f"{P}/instances/{{ref}}/migrate"): CloudAdmin("migrating an instance"),
     # identity
     ("POST", f"{P}/auth/tokens"): Public("password login; with credentials: a new token"),
     ("GET", f"{P}/auth/tokens"): Caller(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy import and_, not_, or_, select
+from sqlalchemy import and_, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from stratuslab.db.models import Host, Image, Instance, utcnow
@@ -19,7 +19,7 @@ from stratuslab.schemas.agent import (
     Report,
     ReportAck,
 )
-from stratuslab.services import events, network_desired, networks, operations, volumes
+from stratuslab.services import events, mobility, network_desired, networks, operations, volumes
 from stratuslab.services.instances import mark_deleted
 from stratuslab.types import DesiredState as Desired
 from stratuslab.types import InstanceStatus
@@ -31,17 +31,29 @@ CONSOLE_LIMIT = 1024 * 1024
 def desired_state(
     session: Session, host: Host, stop_timeout: float, *, egress: bool = False
 ) -> DesiredState:
-    rows = session.execute(
-        select(Instance, Image)
-        .join(Image, Image.id == Instance.image_id)
-        .where(Instance.host_id == host.id, *_ON_THE_HOST)
-        .order_by(Instance.created_at)
-    ).all()
+    rows = _moved_roots(
+        session,
+        [
+            (inst, image)
+            for inst, image in session.execute(
+                select(Instance, Image)
+                .join(Image, Image.id == Instance.image_id)
+                .where(Instance.host_id == host.id, *_ON_THE_HOST)
+                .order_by(Instance.created_at)
+            )
+        ],
+    )
     attachments = volumes.desired_attachments(session, [inst.id for inst, _ in rows])
     items = [
         _desired_instance(inst, image, stop_timeout, egress, attachments.get(inst.id, []))
         for inst, image in rows
+        if not mobility.held_back(inst)
     ]
+    for item, (inst, _) in zip(
+        items, [r for r in rows if not mobility.held_back(r[0])], strict=True
+    ):
+        item.migrating_away = mobility.live_role(inst, host.id) == "leaving"
+    items += _incoming(session, host, stop_timeout, egress)
     state = DesiredState(
         host_id=host.id,
         generation=host.desired_generation,
@@ -49,6 +61,39 @@ def desired_state(
         volumes=volumes.desired_volumes(session, host),
     )
     return network_desired.fill(session, state)
+
+
+def _moved_roots(
+    session: Session, rows: list[tuple[Instance, Image]]
+) -> list[tuple[Instance, Image]]:
+    """A cold-migrated instance boots from its saved root disk (services/mobility.py), not
+    from the image it was made from."""
+    moved = {
+        inst.id: str(inst.spec["root_image_id"])
+        for inst, _ in rows
+        if inst.spec.get("root_image_id")
+    }
+    if not moved:
+        return rows
+    roots = {
+        i.id: i for i in session.scalars(select(Image).where(Image.id.in_(set(moved.values()))))
+    }
+    return [(inst, roots.get(moved.get(inst.id, ""), image)) for inst, image in rows]
+
+
+def _incoming(
+    session: Session, host: Host, stop_timeout: float, egress: bool
+) -> list[DesiredInstance]:
+    """Instances live-migrating to ``host``: it pulls them from their source hypervisor."""
+    out = []
+    for inst in mobility.incoming(session, host.id):
+        rows = _moved_roots(session, [(inst, session.get_one(Image, inst.image_id))])
+        item = _desired_instance(inst, rows[0][1], stop_timeout, egress, [])
+        mig = inst.migration or {}
+        item.migrate_from = str(mig.get("source_uri") or "")
+        item.ssh_port = int(mig.get("port") or 0) or None
+        out.append(item)
+    return out
 
 
 #: instances a host must converge: not gone for good, placed, and not a cleaned-up failure
@@ -133,6 +178,12 @@ def apply_report(
             inst.console_bytes = append_console(console_dir, chunk)
     for ev in report.events:
         inst = known.get(ev.instance_id or "")
+        if ev.kind == "host.fenced" and ev.instance_id:
+            mobility.released(session, host, ev.instance_id)
+        elif ev.kind == "instance.migrated_live" and ev.instance_id:
+            mobility.landed(session, host, ev.instance_id)
+        elif ev.kind == "instance.migrate_failed" and ev.instance_id:
+            mobility.live_failed(session, host.id, ev.instance_id, ev.message)
         events.record(
             session,
             ev.kind,
@@ -142,10 +193,41 @@ def apply_report(
             host_id=host.id,
             project_id=inst.project_id if inst else None,
         )
-    host.last_heartbeat = utcnow()
+    _seen(session, host)
     finished = operations.evaluate_for(session, changed)
     finished += volumes.apply_report(session, host, report)
     return ReportAck(forget=forget), finished
+
+
+#: a report refreshes its host's ``last_heartbeat`` when it is older than this (seconds)
+SEEN_INTERVAL = 5.0
+
+
+def _seen(session: Session, host: Host) -> None:
+    """A report is a sign of life too: refresh the host's ``last_heartbeat``, best effort.
+
+    Not on every report, and on PostgreSQL never waiting for the host's row: a placement
+    holds every host row locked (``FOR UPDATE``) for its whole transaction, and each report
+    queuing behind it held an API thread and a connection. Heartbeats keep the timestamp
+    current whatever happens here."""
+    now = utcnow()
+    last = host.last_heartbeat
+    if last is not None and (now - last).total_seconds() < SEEN_INTERVAL:
+        return
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        host.last_heartbeat = now
+        return
+    free = (
+        select(Host.id)
+        .where(Host.id == host.id)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    session.execute(
+        update(Host).where(Host.id == free).values(last_heartbeat=now),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def _observe(session: Session, inst: Instance, obs: ObservedInstance) -> bool:

@@ -48,6 +48,7 @@ from stratuslab.types import Role
 __all__ = [
     "Authenticator",
     "Credentials",
+    "HostCredentialCache",
     "Principal",
     "authenticate",
     "authenticate_host",
@@ -244,26 +245,27 @@ def roles_of(session: Session, user_id: str) -> dict[str, Role]:
 
 
 def _by_api_token(session: Session, value: str, *, now: datetime) -> Principal:
-    users: dict[str, User] = {}
+    users: dict[str, tuple[User, dict[str, Role]]] = {}
 
     def lookup(token_id: str) -> tokens.TokenRecord | None:
-        row = session.execute(
-            select(ApiToken, User)
+        # the token, its user and the user's project roles in one round trip
+        rows = session.execute(
+            select(ApiToken, User, ProjectMember.project_id, ProjectMember.role)
             .join(User, User.id == ApiToken.user_id)
+            .outerjoin(ProjectMember, ProjectMember.user_id == User.id)
             .where(ApiToken.token_id == token_id)
-        ).first()
-        if row is None:
+        ).all()
+        if not rows:
             return None
-        token, user = row
-        users[token_id] = user
+        token, user = rows[0][0], rows[0][1]
+        roles = {project_id: Role(role) for _t, _u, project_id, role in rows if project_id}
+        users[token_id] = (user, roles)
         return _record(token)
 
     record = tokens.authenticate_token(value, lookup, now=now)
-    user = users[record.token_id]
+    user, roles = users[record.token_id]
     _check_active(user)
-    return tokens.principal_for(
-        record, roles=roles_of(session, user.id), cloud_admin=user.cloud_admin
-    )
+    return tokens.principal_for(record, roles=roles, cloud_admin=user.cloud_admin)
 
 
 def _record(token: ApiToken) -> tokens.TokenRecord:
@@ -518,12 +520,51 @@ def authenticate_host(session: Session, credential: str | None) -> Host:
         )
     host = session.scalar(select(Host).where(Host.credential_hash == hash_secret(credential)))
     if host is None:
-        raise Unauthorized(
-            "unknown node credential",
-            hint="the host was removed or its credential is wrong; join it again with "
-            "`stratus-node --join URL TOKEN`",
-        )
+        raise unknown_host()
     return host
+
+
+def unknown_host() -> Unauthorized:
+    return Unauthorized(
+        "unknown node credential",
+        hint="the host was removed or its credential is wrong; join it again with "
+        "`stratus-node --join URL TOKEN`",
+    )
+
+
+class HostCredentialCache:
+    """Node credentials checked recently: their hash -> the host row (detached).
+
+    Every agent request carries its host's credential, thousands of times a minute on a big
+    cloud; a cache hit costs a hash and a dictionary lookup instead of a database
+    transaction. Only successes are kept, for ``ttl`` seconds. A host removed meanwhile is
+    refused by the agent routes that write (their transaction reads the host row); the
+    others (desired state, image download) notice it within ``ttl`` seconds.
+    """
+
+    def __init__(self, ttl: float = 30.0, size: int = 100_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._hosts: dict[str, tuple[float, Host]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, credential: str, *, now: float) -> Host | None:
+        key = hash_secret(credential)
+        found = self._hosts.get(key)
+        if found is None or now - found[0] > self.ttl:
+            return None
+        return found[1]
+
+    def put(self, credential: str, host: Host, *, now: float) -> None:
+        key = hash_secret(credential)
+        with self._lock:
+            if len(self._hosts) >= self.size:
+                self._hosts.clear()
+            self._hosts[key] = (now, host)
+
+    def forget(self, host_id: str) -> None:
+        with self._lock:
+            self._hosts = {k: v for k, v in self._hosts.items() if v[1].id != host_id}
 
 
 # -- bootstrap --------------------------------------------------------------------------

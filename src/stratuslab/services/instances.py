@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from stratuslab.context.schema import validate_user_data
 from stratuslab.context.spec import ContextMethod, validate_pair
 from stratuslab.context.userdata import check_user_data_size
-from stratuslab.db.models import Host, Instance, Operation, utcnow
+from stratuslab.db.models import Flavor, Host, Image, Instance, Operation, new_id, utcnow
 from stratuslab.errors import Conflict, InvalidInput
 from stratuslab.identity.authz import Action
-from stratuslab.scheduler.placement import Request
+from stratuslab.scheduler import Request, parse_requirements
 from stratuslab.schemas.instances import InstanceCreate
 from stratuslab.services import (
     access,
@@ -40,7 +40,7 @@ from stratuslab.services.marketplace_images import (
     policy_path,
     resolve_image,
 )
-from stratuslab.services.placement import check_possible, claim, snapshot_hosts
+from stratuslab.services.placement import Placer, request_for, waiting_since
 from stratuslab.types import DesiredState, InstanceStatus
 
 SSH_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
@@ -59,8 +59,15 @@ def list_instances(
     offset: int = 0,
     include_deleted: bool = False,
     project_id: str | None = None,
-) -> tuple[list[Instance], int]:
-    """The instances ``principal`` may see (every project of theirs; ``project_id`` narrows)."""
+    after: tuple[Any, str] | None = None,
+    count: bool = True,
+) -> tuple[list[Instance], int | None]:
+    """The instances ``principal`` may see (every project of theirs; ``project_id`` narrows),
+    oldest first, and how many there are (None unless ``count``).
+
+    ``after`` (the ``created_at`` datetime and ``id`` of the last row of the previous page)
+    pages by key: the index on (created_at, id) starts the scan right there, whatever the
+    depth, where ``offset`` has to walk past every row before it."""
     cond = [access.instances_visible(principal)]
     if project_id is not None:
         cond.append(Instance.project_id == project_id)
@@ -68,11 +75,20 @@ def list_instances(
         cond.append(Instance.status == status)
     elif not include_deleted:
         cond.append(Instance.status != InstanceStatus.DELETED.value)
-    total = session.scalar(select(func.count()).select_from(Instance).where(*cond)) or 0
+    total = (
+        (session.scalar(select(func.count()).select_from(Instance).where(*cond)) or 0)
+        if count
+        else None
+    )
+    stmt = select(Instance).where(*cond)
+    if after is not None:
+        from sqlalchemy import literal, tuple_
+
+        created_at, last_id = after
+        key = tuple_(literal(created_at, Instance.created_at.type), literal(last_id))
+        stmt = stmt.where(tuple_(Instance.created_at, Instance.id) > key)
     rows = session.scalars(
-        select(Instance)
-        .where(*cond)
-        .order_by(Instance.created_at, Instance.id)
+        stmt.order_by(Instance.created_at, Instance.id)
         .limit(min(max(limit, 1), 1000))
         .offset(max(offset, 0))
     )
@@ -146,6 +162,28 @@ def _context_spec(req: InstanceCreate, default_method: str, schema_check: str) -
     return {"user_data": req.user_data, "context_method": method, "context": dict(req.context)}
 
 
+def _scheduling(req: InstanceCreate, default_ha: str) -> dict[str, Any]:
+    """Check the scheduling hints before anything is created (a bad expression: 422 with
+    the position)."""
+    requirements = (req.requirements or "").strip() or None
+    if requirements is not None:
+        parse_requirements(requirements)
+    ha = req.ha_policy or default_ha
+    if ha == "migrate" and req.boot_volume is None:
+        raise InvalidInput(
+            "HA policy 'migrate' moves the instance with its disks, so they must be on shared "
+            "storage: this instance's root disk would be local to its host",
+            hint="boot from a volume in an iSCSI pool (--boot-volume), or use --ha restart",
+            code="ha_needs_shared_storage",
+        )
+    return {
+        "requirements": requirements,
+        "affinity_group": req.affinity_group,
+        "anti_affinity_group": req.anti_affinity_group,
+        "ha_policy": ha,
+    }
+
+
 def create_instances(
     uow: UnitOfWork, principal: Principal, req: InstanceCreate
 ) -> tuple[Operation, list[Instance]]:
@@ -162,45 +200,17 @@ def create_instances(
     keys = _validate_keys(req.ssh_keys)
     volumes.check_create_request(req.volumes, req.volatile_disks, req.count)
     context = _context_spec(req, settings.context_method, settings.cloud_config_schema)
+    hints = _scheduling(req, settings.default_ha_policy)
     names = _names(s, principal, req)
-    hosts = snapshot_hosts(s)
-    check_possible(Request(vcpus=flavor.vcpus, memory_mib=flavor.memory_mib), hosts)
-    created: list[Instance] = []
-    for name in names:
-        inst = Instance(
-            name=name,
-            image_id=image.id,
-            flavor_name=flavor.name,
-            vcpus=flavor.vcpus,
-            memory_mib=flavor.memory_mib,
-            disk_gib=flavor.disk_gib,
-            spec={"ssh_keys": keys, "hostname": name.lower(), **context},
-            desired=DesiredState.RUNNING.value,
-            status=InstanceStatus.PENDING.value,
-            owner_id=principal.user_id,
-            project_id=principal.project_id,
-        )
-        s.add(inst)
-        s.flush()
-        host_id = claim(
-            s, inst, hosts, port_base=settings.ssh_port_base, port_count=settings.ssh_port_count
-        )
-        events.record(
-            s,
-            "instance.created",
-            f"instance {name} created from image {image.name} ({flavor.name}); "
-            + inst.status_reason,
-            instance_id=inst.id,
-            host_id=host_id,
-            project_id=principal.project_id,
-        )
-        if host_id is not None:
-            uow.notify(host_key(host_id))
-        volumes.attach_at_create(
-            uow, principal, inst, req.volumes, req.volatile_disks, req.boot_volume
-        )
-        networks.attach_at_create(uow, principal, inst, req.networks, req.security_group)
-        created.append(inst)
+    placer = Placer(s, settings)
+    placer.check_possible(
+        Request(vcpus=flavor.vcpus, memory_mib=flavor.memory_mib, disk_gib=flavor.disk_gib)
+    )
+    created = [
+        _create_one(uow, principal, req, placer, name, image, flavor, keys, context, hints)
+        for name in names
+    ]
+    s.flush()
     op = operations.start(
         s,
         principal,
@@ -209,6 +219,53 @@ def create_instances(
         expect_status=InstanceStatus.RUNNING,
     )
     return op, created
+
+
+def _create_one(
+    uow: UnitOfWork,
+    principal: Principal,
+    req: InstanceCreate,
+    placer: Placer,
+    name: str,
+    image: Image,
+    flavor: Flavor,
+    keys: list[str],
+    context: dict[str, Any],
+    hints: dict[str, Any],
+) -> Instance:
+    s = uow.session
+    inst = Instance(
+        id=new_id(),
+        name=name,
+        image_id=image.id,
+        flavor_name=flavor.name,
+        vcpus=flavor.vcpus,
+        memory_mib=flavor.memory_mib,
+        disk_gib=flavor.disk_gib,
+        spec={"ssh_keys": keys, "hostname": name.lower(), **context},
+        desired=DesiredState.RUNNING.value,
+        status=InstanceStatus.PENDING.value,
+        owner_id=principal.user_id,
+        project_id=principal.project_id,
+        pending_since=utcnow(),
+        **hints,
+    )
+    s.add(inst)
+    host_id = placer.claim(inst, request_for(inst, image))
+    events.record(
+        s,
+        "instance.created",
+        f"instance {name} created from image {image.name} ({flavor.name}); " + inst.status_reason,
+        instance_id=inst.id,
+        host_id=host_id,
+        project_id=principal.project_id,
+    )
+    volumes.attach_at_create(uow, principal, inst, req.volumes, req.volatile_disks, req.boot_volume)
+    networks.attach_at_create(uow, principal, inst, req.networks, req.security_group)
+    if host_id is not None:
+        networks.instance_placed(uow, inst)
+        uow.notify(host_key(host_id))
+    return inst
 
 
 def _bump(inst: Instance) -> None:
@@ -324,15 +381,16 @@ def place_pending(uow: UnitOfWork) -> int:
     )
     if not pending:
         return 0
-    hosts = snapshot_hosts(s)
+    placer = Placer(s, settings)
+    images = {
+        i.id: i for i in s.scalars(select(Image).where(Image.id.in_({p.image_id for p in pending})))
+    }
     placed = 0
-    now = utcnow()
     for inst in pending:
-        host_id = claim(
-            s, inst, hosts, port_base=settings.ssh_port_base, port_count=settings.ssh_port_count
-        )
+        host_id = placer.claim(inst, request_for(inst, images.get(inst.image_id)))
         if host_id is not None:
             placed += 1
+            networks.instance_placed(uow, inst)
             uow.notify(host_key(host_id))
             events.record(
                 s,
@@ -342,9 +400,12 @@ def place_pending(uow: UnitOfWork) -> int:
                 host_id=host_id,
                 project_id=inst.project_id,
             )
-        elif (now - inst.created_at).total_seconds() > settings.pending_timeout:
+        elif waiting_since(inst) > settings.pending_timeout:
             inst.status = InstanceStatus.FAILED.value
-            inst.status_reason = f"no host could take it in time; {inst.status_reason}"
+            inst.status_reason = (
+                f"no host could take it within {settings.pending_timeout:.0f} s; "
+                f"{inst.status_reason}"
+            )
             inst.observed_generation = inst.generation
             events.record(
                 s,

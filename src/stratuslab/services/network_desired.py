@@ -6,7 +6,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from stratuslab.db.models import InstanceNic, Network, PortForward
+from stratuslab.db.models import Host, Instance, InstanceNic, Network, PortForward
+from stratuslab.networks import underlay
 from stratuslab.schemas.agent import (
     DesiredForward,
     DesiredInstance,
@@ -16,14 +17,16 @@ from stratuslab.schemas.agent import (
     DesiredRule,
     DesiredState,
 )
-from stratuslab.services import networks, nics, secgroups
+from stratuslab.services import network_ports, networks, nics, secgroups
 from stratuslab.types import DesiredState as Desired
+from stratuslab.types import InstanceStatus
 
 
 def fill(session: Session, state: DesiredState) -> DesiredState:
     """Add NICs, port forwards and networks to ``state`` (in place; returned for chaining)."""
     live = [inst for inst in state.instances if inst.desired != Desired.DELETED.value]
     by_instance = networks.nics_of(session, [inst.id for inst in live])
+    _user_mode(session, state.host_id, [inst for inst in live if inst.id not in by_instance])
     if not by_instance:
         return state
     all_nics = [nic for group in by_instance.values() for nic in group]
@@ -35,10 +38,63 @@ def fill(session: Session, state: DesiredState) -> DesiredState:
     forwards = nics.forwards_of(session, list(by_instance))
     for inst in live:
         mine = by_instance.get(inst.id, [])
+        if not mine:
+            continue  # user mode: see _user_mode
         inst.nics = [_nic(nic, nets[nic.network_id], rules) for nic in mine]
         inst.port_forwards = _forwards(forwards.get(inst.id, []), mine)
-    state.networks = _networks(live, by_instance, nets)
+    state.networks = _networks(live, by_instance, nets, _peers(session, state.host_id, nets))
     return state
+
+
+def _user_mode(session: Session, host_id: str, instances: list[DesiredInstance]) -> None:
+    """QEMU forwards of user-mode instances (the image's declared ports besides SSH)."""
+    if not instances:
+        return
+    rows = session.scalars(select(Instance).where(Instance.id.in_([i.id for i in instances])))
+    specs = {row.id: row for row in rows}
+    for inst in instances:
+        row = specs.get(inst.id)
+        if row is None or row.host_id != host_id:
+            continue
+        inst.port_forwards = [
+            DesiredForward(
+                protocol=str(e["protocol"]),
+                host_port=int(e["host_port"]),
+                target=network_ports.USER_MODE_GUEST,
+                target_port=int(e["target_port"]),
+                user_mode=True,
+            )
+            for e in network_ports.user_forwards(row)
+        ]
+
+
+def _peers(session: Session, host_id: str, nets: dict[str, Network]) -> dict[str, list[str]]:
+    """Per VXLAN network: the underlay addresses of the other hosts with a live instance NIC
+    on it (hosts that announced no underlay address cannot be peers)."""
+    vxlan = [net_id for net_id, net in nets.items() if net.driver == "vxlan"]
+    if not vxlan:
+        return {}
+    pairs = session.execute(
+        select(InstanceNic.network_id, Instance.host_id)
+        .join(Instance, Instance.id == InstanceNic.instance_id)
+        .where(
+            InstanceNic.network_id.in_(vxlan),
+            Instance.host_id.is_not(None),
+            Instance.host_id != host_id,
+            Instance.desired != Desired.DELETED.value,
+            Instance.status.not_in([InstanceStatus.DELETED.value, InstanceStatus.PENDING.value]),
+        )
+        .distinct()
+    ).all()
+    host_ids = {str(h) for _, h in pairs}
+    hosts = session.scalars(select(Host).where(Host.id.in_(host_ids))).all() if host_ids else []
+    addresses = {h.id: underlay.decode(h.usage) for h in hosts}
+    out: dict[str, set[str]] = {}
+    for network_id, other in pairs:
+        address = addresses.get(str(other))
+        if address is not None:
+            out.setdefault(network_id, set()).add(address)
+    return {network_id: sorted(found) for network_id, found in out.items()}
 
 
 def _nic(nic: InstanceNic, net: Network, rules: dict[str, list[secgroups.Allow]]) -> DesiredNic:
@@ -85,6 +141,7 @@ def _networks(
     live: list[DesiredInstance],
     by_instance: dict[str, list[InstanceNic]],
     nets: dict[str, Network],
+    peers: dict[str, list[str]],
 ) -> list[DesiredNetwork]:
     reservations: dict[str, list[DesiredReservation]] = {net_id: [] for net_id in nets}
     for inst in live:
@@ -109,6 +166,7 @@ def _networks(
             vlan=net.vlan,
             vni=net.vni,
             reservations=reservations[net.id],
+            peers=peers.get(net.id, []),
         )
         for net in sorted(nets.values(), key=lambda n: n.name)
     ]

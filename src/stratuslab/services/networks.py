@@ -33,7 +33,7 @@ from stratuslab.errors import Conflict, InvalidInput, NotFound
 from stratuslab.identity.authz import Action, Kind, Visibility, authorize, read_filter
 from stratuslab.networks import ipam
 from stratuslab.schemas.networks import NetworkCreate
-from stratuslab.services import access, secgroups
+from stratuslab.services import access, network_ports, secgroups
 from stratuslab.services.auth import Principal
 from stratuslab.services.context import UnitOfWork
 
@@ -284,6 +284,7 @@ def release_nic(session: Session, nic: InstanceNic, *, now: datetime | None = No
         lease.until = max(now, lease.since)
     for forward in session.scalars(select(PortForward).where(PortForward.nic_id == nic.id)):
         session.delete(forward)
+    session.flush()  # the forwards first: no ORM relationship orders these deletes
     session.delete(nic)
 
 
@@ -426,16 +427,39 @@ def attach_at_create(
     group: str | None,
 ) -> None:
     """The NICs of ``stratus run --network NAME[:ip=ADDR] ...``, in the create transaction."""
-    if not requested:
-        return
-    requests = parse_requests(requested, security_group=group)
-    made = allocate_nics(
-        uow.session, principal, inst, requests, mac_prefix=uow.ctx.settings.mac_prefix
-    )
-    secgroups.touch_hosts(uow, sorted({str(nic.security_group_id) for nic in made}))
+    if requested:
+        requests = parse_requests(requested, security_group=group)
+        made = allocate_nics(
+            uow.session, principal, inst, requests, mac_prefix=uow.ctx.settings.mac_prefix
+        )
+        secgroups.touch_hosts(uow, sorted({str(nic.security_group_id) for nic in made}))
+    instance_placed(uow, inst)
+
+
+def instance_placed(uow: UnitOfWork, inst: Instance) -> None:
+    """Call right after ``inst`` got a host (``inst.host_id`` set; first placement, a pending
+    instance placed later, or a re-placement): host ports for SSH and the image's declared
+    inbound ports (PAT on local/private networks, QEMU forwards in user mode), and the hosts
+    sharing its VXLAN networks learn their new peer. Idempotent; a no-op without a host."""
+    network_ports.placed(uow, inst)
+
+
+def instance_moved(uow: UnitOfWork, inst: Instance, old_host_id: str | None) -> None:
+    """Call before ``inst`` is re-placed away from ``old_host_id`` (HA restart, cold
+    migration): its host ports there are released (re-made on the next host by
+    :func:`instance_placed`), the old host and the hosts sharing its VXLAN networks are
+    told. Its NICs, MACs and leases stay (addresses are managed cloud-wide)."""
+    network_ports.moved(uow, inst, old_host_id)
 
 
 def instance_deleted(uow: UnitOfWork, inst: Instance) -> None:
-    """An instance that is gone (not merely asked to go) gives its addresses back."""
+    """The delete of ``inst`` was asked for. Its addresses leave the remote-group rules of
+    other instances and its host leaves the VXLAN peers of its networks at once (the hosts
+    concerned are bumped); the addresses themselves are given back only when it is gone."""
+    mine = nics_of(uow.session, [inst.id]).get(inst.id, [])
+    if mine:
+        groups = sorted({str(nic.security_group_id) for nic in mine})
+        secgroups.touch_hosts(uow, groups, members=False)  # the rules that name its groups
+        network_ports.touch_vxlan_hosts(uow, {nic.network_id for nic in mine})
     if inst.status == "deleted":
         release_instance(uow.session, inst)

@@ -28,7 +28,7 @@ from stratuslab.errors import Conflict, InvalidInput, NotFound
 from stratuslab.identity.authz import Action
 from stratuslab.schemas import instances as wire_instances
 from stratuslab.schemas import networks as wire
-from stratuslab.services import events, networks, operations, secgroups
+from stratuslab.services import events, network_ports, networks, operations, secgroups
 from stratuslab.services.auth import Principal
 from stratuslab.services.context import UnitOfWork
 from stratuslab.services.instances import get_instance, host_key
@@ -54,6 +54,7 @@ def attach_nic(
     message = f"NIC {nic.index} attached to network {name}: {nic.mac} {nic.ipv4 or ''}"
     op = _changed(uow, principal, inst, "instance.nic_attach", message.strip())
     secgroups.touch_hosts(uow, [str(nic.security_group_id)])
+    network_ports.touch_vxlan_hosts(uow, [nic.network_id])
     return op, nic
 
 
@@ -61,7 +62,8 @@ def detach_nic(uow: UnitOfWork, principal: Principal, ref: str, nic_ref: str) ->
     s = uow.session
     inst = _changeable(s, principal, ref)
     nic = networks.find_nic(s, inst, nic_ref)
-    group = str(nic.security_group_id)
+    group, network_id = str(nic.security_group_id), nic.network_id
+    network_ports.touch_vxlan_hosts(uow, [network_id])  # while the NIC still counts
     networks.release_nic(s, nic)
     s.flush()
     op = _changed(
@@ -125,13 +127,7 @@ def add_forward(
             f"NIC {nic.index} of instance {inst.name} has no IPv4 address to forward to",
             hint="forward to a NIC on a network with an IPv4 CIDR",
         )
-    used = set(
-        s.scalars(
-            select(PortForward.host_port)
-            .where(PortForward.host_id == inst.host_id, PortForward.protocol == req.protocol)
-            .with_for_update()
-        )
-    )
+    used = network_ports.used_host_ports(s, inst.host_id, req.protocol)
     host_port = req.host_port or _free_port(used, settings.pat_port_base, settings.pat_port_count)
     if host_port in used:
         raise Conflict(
@@ -242,9 +238,9 @@ def _changed(
 
 
 def _free_port(used: set[int], base: int, count: int) -> int:
-    for port in range(base, base + count):
-        if port not in used:
-            return port
+    port = network_ports.free_port(used, base, count)
+    if port is not None:
+        return port
     raise Conflict(
         f"every host port of {base}-{base + count - 1} is forwarded on this host",
         hint="remove a port forward, or ask the admin to widen pat_port_base/pat_port_count",
@@ -262,10 +258,41 @@ def decorate(session: Session, items: Sequence[wire_instances.Instance]) -> None
     all_forwards = forward_wire(session, [f for group in forwards.values() for f in group])
     nics_by_id = {nic.id: nic for nic in all_nics}
     forwards_by_id = {f.id: f for f in all_forwards}
+    user_mode = _user_mode_forwards(session, ids)
     for item in items:
         mine = by_instance.get(item.id, [])
         item.nics = [nics_by_id[nic.id] for nic in mine]
         item.port_forwards = [forwards_by_id[f.id] for f in forwards.get(item.id, [])]
+        item.port_forwards += user_mode.get(item.id, [])
         if mine:
             first = next((nic.ipv4 for nic in mine if nic.ipv4), None)
             item.address = None if first is None else f"{first}:22"
+
+
+def _user_mode_forwards(
+    session: Session, instance_ids: Sequence[str]
+) -> dict[str, list[wire.PortForward]]:
+    """Forwards QEMU makes for user-mode instances (the image's declared ports)."""
+    out: dict[str, list[wire.PortForward]] = {}
+    if not instance_ids:
+        return out
+    rows = session.execute(
+        select(Instance, Host.name)
+        .join(Host, Host.id == Instance.host_id)
+        .where(Instance.id.in_(list(instance_ids)))
+    ).all()
+    for inst, host_name in rows:
+        for entry in network_ports.user_forwards(inst):
+            out.setdefault(inst.id, []).append(
+                wire.PortForward(
+                    id=f"{inst.id}:{entry['protocol']}/{entry['host_port']}",
+                    instance_id=inst.id,
+                    protocol=str(entry["protocol"]),
+                    host_port=int(entry["host_port"]),
+                    target=network_ports.USER_MODE_GUEST,
+                    target_port=int(entry["target_port"]),
+                    host_id=str(inst.host_id),
+                    host_name=host_name,
+                )
+            )
+    return out

@@ -59,8 +59,14 @@ def evaluate(session: Session, op: Operation, instances: dict[str, Instance]) ->
     generations: dict[str, int] = op.expect.get("generations", {})
     done = 0
     waiting: list[str] = []
+    missing = [t for t in op.target_ids if t not in instances]
+    if missing:  # one query for the other targets (a report usually changes one of them)
+        instances = {
+            **{i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_(missing)))},
+            **instances,
+        }
     for target in op.target_ids:
-        inst = instances.get(target) or session.get(Instance, target)
+        inst = instances.get(target)
         if inst is None:
             continue
         current = inst.observed_generation >= generations.get(target, 0)
@@ -94,6 +100,12 @@ def _finish(op: Operation, *, failed: dict[str, Any] | None) -> None:
     op.error = failed
     op.finished_at = utcnow()
     op.progress = "failed" if failed else "done"
+
+
+def fail(op: Operation, *, code: str, message: str) -> None:
+    """Finish a running operation as failed (a migration abandoned, ...)."""
+    if op.status == OperationStatus.RUNNING.value:
+        _finish(op, failed={"code": code, "message": message})
 
 
 def evaluate_for(session: Session, instances: dict[str, Instance]) -> list[str]:

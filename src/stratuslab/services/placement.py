@@ -1,43 +1,118 @@
-"""Claiming host capacity for instances, inside the caller's transaction."""
+"""Claiming host capacity for instances, inside the caller's transaction.
+
+The scheduler (``stratuslab.scheduler``) is pure; this module is its only bridge to the
+database. :class:`Placer` takes the snapshot of every host (rows locked until the
+transaction ends, so two controllers or two requests never claim the same capacity),
+keeps one scheduler :class:`~stratuslab.scheduler.Board` for the whole transaction and
+writes each claim (host, forwarded SSH port, generation) on the instance row.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from collections import defaultdict
+
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from stratuslab.db.models import Host, Instance
+from stratuslab.config import ControllerSettings
+from stratuslab.db.models import Host, Image, Instance, utcnow
 from stratuslab.errors import CapacityError
-from stratuslab.scheduler.placement import HostSnapshot, Request, fits_anywhere, place
+from stratuslab.scheduler import (
+    Board,
+    HostSnapshot,
+    Policy,
+    Request,
+    Strategy,
+    explain,
+    fits_anywhere,
+)
 from stratuslab.types import HostState, InstanceStatus
 
 #: statuses that no longer hold capacity on a host
 RELEASED = (InstanceStatus.DELETED.value, InstanceStatus.FAILED.value)
 
 
-def snapshot_hosts(session: Session) -> list[HostSnapshot]:
-    """Hosts with their allocations, rows locked until the transaction ends."""
+def policy_from(settings: ControllerSettings) -> Policy:
+    return Policy(
+        strategy=Strategy(settings.scheduler_strategy),
+        load_weight=settings.scheduler_load_weight,
+        image_weight=settings.scheduler_image_weight,
+    )
+
+
+def snapshot_hosts(
+    session: Session, settings: ControllerSettings | None = None
+) -> list[HostSnapshot]:
+    """Every host with its allocations, groups and cached images, rows locked until the
+    transaction ends."""
+    settings = settings or ControllerSettings()
     hosts = list(session.scalars(select(Host).order_by(Host.name).with_for_update()))
     used = {
-        host_id: (int(cpu or 0), int(mem or 0))
-        for host_id, cpu, mem in session.execute(
-            select(Instance.host_id, func.sum(Instance.vcpus), func.sum(Instance.memory_mib))
+        host_id: (int(cpu or 0), int(mem or 0), int(disk or 0))
+        for host_id, cpu, mem, disk in session.execute(
+            select(
+                Instance.host_id,
+                func.sum(Instance.vcpus),
+                func.sum(Instance.memory_mib),
+                func.sum(Instance.disk_gib),
+            )
             .where(Instance.host_id.is_not(None), Instance.status.not_in(RELEASED))
             .group_by(Instance.host_id)
         )
     }
-    return [
-        HostSnapshot(
-            id=h.id,
-            name=h.name,
-            state=HostState(h.state),
-            arch=h.arch,
-            vcpus=h.vcpus,
-            memory_mib=h.memory_mib,
-            vcpus_used=used.get(h.id, (0, 0))[0],
-            memory_used_mib=used.get(h.id, (0, 0))[1],
+    groups: dict[str, set[str]] = defaultdict(set)
+    for host_id, aff, anti in session.execute(
+        select(Instance.host_id, Instance.affinity_group, Instance.anti_affinity_group)
+        .where(
+            Instance.host_id.is_not(None),
+            Instance.status.not_in(RELEASED),
+            or_(Instance.affinity_group.is_not(None), Instance.anti_affinity_group.is_not(None)),
         )
-        for h in hosts
+        .distinct()
+    ):
+        groups[str(host_id)].update(g for g in (aff, anti) if g)
+    return [
+        _snapshot(h, used.get(h.id, (0, 0, 0)), groups.get(h.id, set()), settings) for h in hosts
     ]
+
+
+def _snapshot(
+    h: Host, used: tuple[int, int, int], groups: set[str], settings: ControllerSettings
+) -> HostSnapshot:
+    usage = h.usage or {}
+    images = usage.get("images") or []
+    return HostSnapshot(
+        id=h.id,
+        name=h.name,
+        state=HostState(h.state),
+        arch=h.arch,
+        hypervisor=h.hypervisor,
+        vcpus=h.vcpus,
+        memory_mib=h.memory_mib,
+        disk_gib=h.disk_gib,
+        vcpus_used=used[0],
+        memory_used_mib=used[1],
+        disk_used_gib=used[2],
+        cpu_ratio=h.cpu_ratio if h.cpu_ratio is not None else settings.cpu_ratio,
+        ram_ratio=h.ram_ratio if h.ram_ratio is not None else settings.ram_ratio,
+        disk_ratio=h.disk_ratio if h.disk_ratio is not None else settings.disk_ratio,
+        labels={str(k): str(v) for k, v in (h.labels or {}).items()},
+        groups=frozenset(groups),
+        images=frozenset(str(i) for i in images) if isinstance(images, list) else frozenset(),
+        load=float(usage.get("load1") or 0.0),
+    )
+
+
+def request_for(inst: Instance, image: Image | None = None) -> Request:
+    return Request(
+        vcpus=inst.vcpus,
+        memory_mib=inst.memory_mib,
+        disk_gib=inst.disk_gib,
+        requirements=inst.requirements or "",
+        affinity_group=inst.affinity_group,
+        anti_affinity_group=inst.anti_affinity_group,
+        image=image.sha256 if image is not None else None,
+    )
 
 
 def check_possible(request: Request, hosts: list[HostSnapshot]) -> None:
@@ -49,62 +124,108 @@ def check_possible(request: Request, hosts: list[HostSnapshot]) -> None:
             code="no_hosts",
         )
     if not fits_anywhere(request, hosts):
-        biggest = max(hosts, key=lambda h: (h.memory_mib, h.vcpus))
+        biggest = max(hosts, key=lambda h: (h.memory_capacity_mib, h.cpu_capacity))
         raise CapacityError(
             f"the request ({request.vcpus} vCPU, {request.memory_mib} MiB) is bigger than any "
-            f"host (the largest has {biggest.vcpus} vCPU, {biggest.memory_mib} MiB)",
+            f"host (the largest takes {biggest.cpu_capacity:g} vCPU, "
+            f"{biggest.memory_capacity_mib:g} MiB)",
             hint="choose a smaller --type (`stratus flavor list`)",
             code="too_big_for_any_host",
         )
 
 
-def free_ssh_port(session: Session, host_id: str, base: int, count: int) -> int:
-    used = set(
-        session.scalars(
-            select(Instance.ssh_port).where(
-                Instance.host_id == host_id, Instance.ssh_port.is_not(None)
-            )
+class Placer:
+    """One placement engine per transaction: snapshot once, claim many."""
+
+    def __init__(
+        self,
+        session: Session,
+        settings: ControllerSettings,
+        *,
+        exclude: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
+        self.session = session
+        self.settings = settings
+        self.hosts = [h for h in snapshot_hosts(session, settings) if h.id not in exclude]
+        self.board = Board(self.hosts, policy_from(settings))
+        self._ports: dict[str, set[int]] = {}
+        self._names = {h.id: h.name for h in self.hosts}
+
+    def check_possible(self, request: Request) -> None:
+        check_possible(request, self.hosts)
+
+    def claim(self, inst: Instance, request: Request) -> str | None:
+        """Place ``inst`` on the best host; None (and the reason on the row) if nothing fits."""
+        result = self.board.place(request)
+        if result.host is None:
+            inst.status_reason = f"waiting for capacity: {result.reason}"
+            return None
+        return self._write(inst, result.host.id)
+
+    def why_not(self, request: Request, host_id: str) -> str | None:
+        """Why ``host_id`` cannot take ``request`` now (None: it can)."""
+        host = next((h for h in self.board.hosts() if h.id == host_id), None)
+        if host is None:
+            return "it is not a registered host"
+        return explain(request, host)
+
+    def claim_on(self, inst: Instance, request: Request, host_id: str) -> str | None:
+        """Claim ``host_id`` for ``inst``; or why that host cannot take it now."""
+        problem = self.why_not(request, host_id)
+        if problem is not None:
+            return problem
+        hosts = self.board.hosts()
+        self.board = Board(
+            [_with_claim(h, request) if h.id == host_id else h for h in hosts],
+            policy_from(self.settings),
         )
-    )
-    for port in range(base, base + count):
-        if port not in used:
-            return port
-    raise CapacityError(
-        f"all {count} forwarded SSH ports of the host are in use",
-        hint="raise ssh_port_count in the controller settings or delete instances",
-    )
-
-
-def claim(
-    session: Session,
-    inst: Instance,
-    hosts: list[HostSnapshot],
-    *,
-    port_base: int,
-    port_count: int,
-) -> str | None:
-    """Place ``inst`` on the best host; return None and set the reason if nothing fits.
-
-    ``hosts`` is updated in place so several claims in one transaction see each other.
-    """
-    result = place(Request(vcpus=inst.vcpus, memory_mib=inst.memory_mib), hosts)
-    if result.host is None:
-        inst.status_reason = f"waiting for capacity: {result.reason}"
+        self._write(inst, host_id)
         return None
-    chosen = result.host
-    inst.host_id = chosen.id
-    inst.ssh_port = free_ssh_port(session, chosen.id, port_base, port_count)
-    inst.status = InstanceStatus.SCHEDULED.value
-    inst.status_reason = f"placed on {chosen.name}"
-    idx = hosts.index(chosen)
-    hosts[idx] = HostSnapshot(
+
+    def _write(self, inst: Instance, host_id: str) -> str:
+        port = self.free_port(host_id)  # queries (and autoflushes) before the row changes
+        inst.host_id, inst.ssh_port = host_id, port
+        inst.status = InstanceStatus.SCHEDULED.value
+        inst.status_reason = f"placed on {self._names.get(host_id, host_id)}"
+        inst.pending_since = None
+        host = self.session.get(Host, host_id)
+        assert host is not None
+        host.desired_generation += 1
+        return host_id
+
+    def free_port(self, host_id: str) -> int:
+        scope = "*" if self.settings.ssh_port_scope == "cloud" else host_id
+        used = self._ports.get(scope)
+        if used is None:
+            query = select(Instance.ssh_port).where(Instance.ssh_port.is_not(None))
+            if scope != "*":
+                query = query.where(Instance.host_id == host_id)
+            used = self._ports[scope] = set(self.session.scalars(query))
+        base, count = self.settings.ssh_port_base, self.settings.ssh_port_count
+        for port in range(base, base + count):
+            if port not in used:
+                used.add(port)
+                return port
+        raise CapacityError(
+            f"all {count} forwarded SSH ports of the host are in use",
+            hint="raise ssh_port_count in the controller settings or delete instances",
+        )
+
+
+def _with_claim(host: HostSnapshot, req: Request) -> HostSnapshot:
+    groups = {g for g in (req.affinity_group, req.anti_affinity_group) if g}
+    return HostSnapshot(
         **{
-            **chosen.__dict__,
-            "vcpus_used": chosen.vcpus_used + inst.vcpus,
-            "memory_used_mib": chosen.memory_used_mib + inst.memory_mib,
+            **host.__dict__,
+            "vcpus_used": host.vcpus_used + req.vcpus,
+            "memory_used_mib": host.memory_used_mib + req.memory_mib,
+            "disk_used_gib": host.disk_used_gib + max(req.disk_gib, 0),
+            "groups": host.groups | groups,
         }
     )
-    host = session.get(Host, chosen.id)
-    assert host is not None
-    host.desired_generation += 1
-    return chosen.id
+
+
+def waiting_since(inst: Instance) -> float:
+    """Seconds the instance has waited for a host."""
+    start = inst.pending_since or inst.created_at
+    return (utcnow() - start).total_seconds()

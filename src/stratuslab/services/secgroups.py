@@ -25,6 +25,7 @@ from stratuslab.schemas.networks import SecurityGroupCreate, SecurityRuleCreate
 from stratuslab.services import access
 from stratuslab.services.auth import Principal
 from stratuslab.services.context import UnitOfWork
+from stratuslab.types import DesiredState
 
 DEFAULT_GROUP = "default"
 #: the default group's rules: (direction, protocol, port_min, port_max)
@@ -294,14 +295,16 @@ def host_rules(session: Session, group_ids: Iterable[str]) -> dict[str, list[All
     return out
 
 
-def touch_hosts(uow: UnitOfWork, group_ids: Sequence[str]) -> None:
-    """Bump the desired state of every host with a NIC in these groups, or in a group whose
-    rules name them; wake their agents after the commit."""
+def touch_hosts(uow: UnitOfWork, group_ids: Sequence[str], *, members: bool = True) -> None:
+    """Bump the desired state of every host with a NIC in these groups (unless not
+    ``members``), or in a group whose rules name them; wake their agents after the commit."""
     s = uow.session
     naming = s.scalars(
         select(SecurityRule.group_id).where(SecurityRule.remote_group_id.in_(list(group_ids)))
     ).all()
-    groups = {*group_ids, *naming}
+    groups = {*(group_ids if members else ()), *naming}
+    if not groups:
+        return
     host_ids = s.scalars(
         select(Instance.host_id)
         .join(InstanceNic, InstanceNic.instance_id == Instance.id)
@@ -320,9 +323,16 @@ def _member_addresses(session: Session, group_ids: Iterable[str | None]) -> dict
     out: dict[str, list[str]] = {}
     if not ids:
         return out
-    stmt = select(InstanceNic).where(
-        InstanceNic.security_group_id.in_(ids),
-        or_(InstanceNic.ipv4.is_not(None), InstanceNic.ipv6.is_not(None)),
+    # an instance whose delete was asked for is no member any more (its NIC rows stay until
+    # it is gone, so that its addresses are not handed out while the guest may hold them)
+    stmt = (
+        select(InstanceNic)
+        .join(Instance, Instance.id == InstanceNic.instance_id)
+        .where(
+            InstanceNic.security_group_id.in_(ids),
+            or_(InstanceNic.ipv4.is_not(None), InstanceNic.ipv6.is_not(None)),
+            Instance.desired != DesiredState.DELETED.value,
+        )
     )
     for nic in session.scalars(stmt.order_by(InstanceNic.created_at, InstanceNic.id)):
         group = str(nic.security_group_id)

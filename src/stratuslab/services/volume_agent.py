@@ -31,20 +31,24 @@ from stratuslab.services.volume_states import (
     record,
     set_state,
     settle,
+    touch_pool,
 )
 from stratuslab.types import InstanceStatus
 
 
 def desired_volumes(session: Session, host: Host) -> list[DesiredVolume]:
     """The volumes the pool of ``host`` must hold or delete."""
-    rows = session.scalars(
-        select(Volume)
-        .where(
-            Volume.host_id == host.id,
-            Volume.state.not_in([VolumeState.DELETED.value, VolumeState.ERROR.value]),
+    rows = list(
+        session.scalars(
+            select(Volume)
+            .where(
+                Volume.host_id == host.id,
+                Volume.state.not_in([VolumeState.DELETED.value, VolumeState.ERROR.value]),
+            )
+            .order_by(Volume.created_at)
         )
-        .order_by(Volume.created_at)
     )
+    consumers = _remote_consumers(session, host, [v.id for v in rows])
     out = []
     for vol in rows:
         image = vol.source.get("image")
@@ -59,8 +63,27 @@ def desired_volumes(session: Session, host: Host) -> list[DesiredVolume]:
                 clone_of=vol.source.get("clone_of"),
                 snapshot_of=vol.source.get("snapshot_of"),
                 instance_root=vol.source.get("instance_root"),
+                root_of=vol.source.get("root_of"),
+                exports=sorted(consumers.get(vol.id, ())),
             )
         )
+    return out
+
+
+def _remote_consumers(session: Session, host: Host, volume_ids: list[str]) -> dict[str, set[str]]:
+    """Volume id -> the names of the other hosts whose instances attach it (in any state:
+    a detaching instance still has it open)."""
+    out: dict[str, set[str]] = {}
+    if not volume_ids:
+        return out
+    rows = session.execute(
+        select(VolumeAttachment.volume_id, Host.name)
+        .join(Instance, Instance.id == VolumeAttachment.instance_id)
+        .join(Host, Host.id == Instance.host_id)
+        .where(VolumeAttachment.volume_id.in_(volume_ids), Host.id != host.id)
+    )
+    for volume_id, name in rows:
+        out.setdefault(volume_id, set()).add(name)
     return out
 
 
@@ -72,8 +95,10 @@ def desired_attachments(
     if not instance_ids:
         return out
     rows = session.execute(
-        select(VolumeAttachment, Volume.readonly)
+        select(VolumeAttachment, Volume, Instance.host_id, Host.name)
         .join(Volume, Volume.id == VolumeAttachment.volume_id)
+        .join(Instance, Instance.id == VolumeAttachment.instance_id)
+        .outerjoin(Host, Host.id == Instance.host_id)
         .where(
             VolumeAttachment.instance_id.in_(instance_ids),
             VolumeAttachment.state != AttachState.DETACHING.value,
@@ -81,12 +106,17 @@ def desired_attachments(
         )
         .order_by(VolumeAttachment.index)
     )
-    for att, readonly in rows:
-        out.setdefault(att.instance_id, []).append(
-            DesiredAttachment(
-                volume_id=att.volume_id, index=att.index, readonly=readonly, shareable=readonly
-            )
+    for att, vol, host_id, host_name in rows:
+        want = DesiredAttachment(
+            volume_id=att.volume_id, index=att.index, readonly=vol.readonly, shareable=vol.readonly
         )
+        if vol.host_id != host_id:
+            export = vol.source.get("export") or {}
+            ready = host_name in (export.get("hosts") or ()) and export.get("url")
+            want.remote = True
+            want.url = str(export["url"]) if ready else None
+            want.format = str(export.get("format") or "raw")
+        out.setdefault(att.instance_id, []).append(want)
     return out
 
 
@@ -117,17 +147,52 @@ def _observe_volume(session: Session, vol: Volume, obs: ObservedVolume) -> dict[
     if obs.error and current:
         return _volume_failed(session, vol, obs.error)
     vol.observed_generation = min(obs.observed_generation, vol.generation)
+    problem = _observe_export(session, vol, obs)
     if vol.state == VolumeState.DELETING.value and not obs.exists:
         set_state(session, vol, VolumeState.DELETED, "data wiped")
         vol.deleted_at = utcnow()
     elif vol.state == VolumeState.CREATING.value and obs.exists and current:
+        if vol.source.get("root_of") and obs.size_bytes > vol.size_bytes:
+            vol.size_bytes = obs.size_bytes  # the root disk was larger than its image
         if vol.kind == VolumeKind.ROOT.value:
             from stratuslab.services import quarantine  # a cycle: quarantine imports volumes
 
             quarantine.enter(session, vol, "root disk of a deleted instance kept")
         else:
             settle(session, vol, f"{gib_text(obs.size_bytes)} ready")
-    return None
+    return problem
+
+
+def _observe_export(session: Session, vol: Volume, obs: ObservedVolume) -> dict[str, Any] | None:
+    """Where other hosts open the volume (kept in ``source["export"]``). A change wakes the
+    hosts attaching it; a failed export fails their pending attachments."""
+    before = vol.source.get("export") or {}
+    now = (
+        {"url": obs.export_url, "format": obs.export_format, "hosts": sorted(obs.exported_to)}
+        if obs.exported_to
+        else {}
+    )
+    if now != before:
+        source = {k: v for k, v in vol.source.items() if k != "export"}
+        vol.source = {**source, "export": now} if now else source
+        for att in attachments_of(session, volume_id=vol.id):
+            inst = session.get(Instance, att.instance_id)
+            if inst is not None and inst.host_id not in (None, vol.host_id):
+                host = session.get(Host, inst.host_id)
+                if host is not None:
+                    host.desired_generation += 1
+    if not obs.export_error:
+        return None
+    problem: dict[str, Any] | None = None
+    for att in attachments_of(session, volume_id=vol.id):
+        inst = session.get(Instance, att.instance_id)
+        if inst is None or inst.host_id == vol.host_id or att.state != AttachState.ATTACHING.value:
+            continue
+        session.delete(att)
+        session.flush()
+        problem = _attach_failed(session, vol, inst, "attaching", obs.export_error)
+        settle(session, vol)
+    return problem
 
 
 def _volume_failed(session: Session, vol: Volume, reason: str) -> dict[str, Any]:
@@ -181,9 +246,11 @@ def _observe_instance(
             )
         elif att.state == AttachState.ATTACHING.value and error:
             session.delete(att)
+            touch_pool(session, vol, inst)
             problem = _attach_failed(session, vol, inst, "attaching", error)
         elif att.state == AttachState.DETACHING.value and att.volume_id not in attached:
             session.delete(att)
+            touch_pool(session, vol, inst)
             record(
                 session,
                 vol,

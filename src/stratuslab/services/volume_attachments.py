@@ -20,7 +20,7 @@ from stratuslab.services.auth import Principal
 from stratuslab.services.context import UnitOfWork
 from stratuslab.services.volume_lifecycle import check_quota, get_volume, size_from
 from stratuslab.services.volume_operations import start_operation
-from stratuslab.services.volume_pools import check_free, pool_host
+from stratuslab.services.volume_pools import check_free, pool_host, pool_shared
 from stratuslab.services.volume_states import (
     BOOT_INDEX,
     POOL_FREE,
@@ -32,6 +32,8 @@ from stratuslab.services.volume_states import (
     gib_text,
     record,
     settle,
+    touch_host,
+    touch_pool,
 )
 from stratuslab.types import DesiredState, InstanceStatus
 
@@ -50,6 +52,8 @@ def attach(uow: UnitOfWork, principal: Principal, ref: str, instance_ref: str) -
         )
     att = add_attachment(s, vol, inst)
     bump_instance(uow, inst)
+    if vol.host_id != inst.host_id:
+        touch_host(uow, vol.host_id)  # that pool exports it to the instance's host first
     record(
         s,
         vol,
@@ -85,13 +89,17 @@ def add_attachment(session: Session, vol: Volume, inst: Instance) -> VolumeAttac
             else "wait until it is available",
             code="volume_in_use" if current else "volume_busy",
         )
-    if vol.host_id != inst.host_id:
+    if vol.host_id != inst.host_id and not pool_shared(session, vol.host_id):
         raise Conflict(
-            f"volume {vol.name} is in the pool of another host than instance {inst.name}",
-            hint="attach it to an instance on the volume's host (shared pools: see docs)",
+            f"volume {vol.name} is in the local volume pool of another host than instance "
+            f"{inst.name}",
+            hint="attach it to an instance on the volume's host; volumes in iSCSI pools (or "
+            "file pools on a shared mount) attach anywhere",
             code="wrong_host",
         )
-    return record_attachment(session, vol, inst)
+    att = record_attachment(session, vol, inst)
+    touch_pool(session, vol, inst)
+    return att
 
 
 def record_attachment(session: Session, vol: Volume, inst: Instance) -> VolumeAttachment:
@@ -157,6 +165,7 @@ def detach(uow: UnitOfWork, principal: Principal, ref: str, instance_ref: str | 
     if inst.host_id is None or inst.status in (InstanceStatus.PENDING.value,):
         s.delete(att)
         s.flush()
+        touch_pool(s, vol, inst)
     settle(s, vol)
     bump_instance(uow, inst)
     record(
@@ -274,6 +283,7 @@ def release(session: Session, vol: Volume, att: VolumeAttachment, inst: Instance
     """The instance is gone: drop the attachment; volatile disks go to quarantine."""
     session.delete(att)
     session.flush()
+    touch_pool(session, vol, inst)
     if vol.kind == VolumeKind.VOLATILE.value:
         from stratuslab.services import quarantine  # a cycle, as in volume_agent
 

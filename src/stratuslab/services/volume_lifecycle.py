@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from stratuslab.db.models import Image, Instance, Operation, Volume, VolumeAttachment, utcnow
 from stratuslab.drivers.base import volume_target
 from stratuslab.drivers.storage.base import SECTOR
-from stratuslab.errors import InvalidInput, NotFound
+from stratuslab.errors import CapacityError, Conflict, InvalidInput, NotFound
 from stratuslab.identity.authz import Action, Kind, Visibility, authorize, read_filter
 from stratuslab.identity.quotas import Usage
 from stratuslab.schemas.agent import ImageRef
@@ -28,9 +28,11 @@ from stratuslab.services.auth import Principal
 from stratuslab.services.context import UnitOfWork
 from stratuslab.services.images import get_image
 from stratuslab.services.volume_operations import start_operation
-from stratuslab.services.volume_pools import pick_pool
+from stratuslab.services.volume_pools import check_free, pick_pool, pool_host
 from stratuslab.services.volume_states import (
     BOOT_INDEX,
+    POOL_FREE,
+    POOL_LIVE_SNAPSHOT,
     GiB,
     MiB,
     VolumeKind,
@@ -39,6 +41,7 @@ from stratuslab.services.volume_states import (
     record,
     touch_host,
 )
+from stratuslab.types import DesiredState, InstanceStatus
 
 # -- reading ------------------------------------------------------------------------------
 
@@ -158,6 +161,8 @@ def create_volume(
 ) -> tuple[Volume, Operation]:
     s = uow.session
     access.authorize_create(principal, Kind.VOLUME)
+    if req.instance is not None:
+        return save_root_disk(uow, principal, req)
     image: Image | None = None
     minimum = 0
     if req.image is not None:
@@ -189,6 +194,83 @@ def create_volume(
     what = f"from image {image.name}" if image else "blank"
     record(
         s, vol, "volume.creating", f"volume {vol.name} ({gib_text(size)}, {what}) on {host.name}"
+    )
+    touch_host(uow, vol.host_id)
+    return vol, start_operation(s, principal, vol, "volume.create", state="available")
+
+
+def save_root_disk(
+    uow: UnitOfWork, principal: Principal, req: VolumeCreate
+) -> tuple[Volume, Operation]:
+    """A bootable volume holding the root disk of a stopped instance, made by the agent of
+    the instance's host in its own pool (a copy of the overlay and its base, flattened).
+
+    An instance booted from a volume has that volume as its root disk: the new volume is
+    then a clone of it.
+    """
+    s = uow.session
+    assert req.instance is not None
+    if req.image is not None:
+        raise InvalidInput(
+            "give --image or --from-instance, not both", hint="a volume has one source"
+        )
+    inst = access.find_instance(s, principal, req.instance, Action.UPDATE)
+    if inst.status != InstanceStatus.STOPPED.value or inst.desired != DesiredState.STOPPED.value:
+        raise Conflict(
+            f"instance {inst.name} is {inst.status}; only a stopped instance's root disk can "
+            "be saved",
+            hint=f"stop it first: `stratus stop {inst.name}`",
+            code="not_stopped",
+        )
+    host = pool_host(s, inst.host_id)
+    if POOL_FREE not in (host.usage or {}):
+        raise CapacityError(
+            f"host {host.name} of instance {inst.name} offers no volume storage",
+            hint="save it as an image instead (`stratus image save`)",
+            code="no_volume_pool",
+        )
+    boot_volume = inst.spec.get("boot_volume")
+    image = s.get(Image, inst.image_id)
+    if boot_volume:
+        src = s.get(Volume, boot_volume)
+        size = src.size_bytes if src is not None else 0
+        if not host.usage.get(POOL_LIVE_SNAPSHOT):
+            raise Conflict(
+                f"instance {inst.name} boots from a volume, and the pool on {host.name} cannot "
+                "copy an attached volume atomically",
+                hint="clone the boot volume once the instance is deleted, or use a store with "
+                "reflinks (XFS, btrfs)",
+                code="volume_in_use",
+            )
+        source: dict[str, Any] = {"clone_of": boot_volume}
+    else:
+        size = _round_mib(max(image.virtual_size_bytes, image.size_bytes)) if image else 0
+        source = {"root_of": inst.id}
+    size = size or max(inst.disk_gib, 1) * GiB
+    check_free(s, host, size)
+    check_quota(s, principal, count=1, size_bytes=size)
+    vol = Volume(
+        name=req.name,
+        size_bytes=size,
+        kind=VolumeKind.BOOTABLE.value,
+        visibility=req.visibility,
+        state=VolumeState.CREATING.value,
+        parent_id=boot_volume or None,
+        image_id=inst.image_id,
+        host_id=host.id,
+        source=source,
+        owner_id=principal.user_id,
+        project_id=principal.project_id,
+    )
+    s.add(vol)
+    s.flush()
+    record(
+        s,
+        vol,
+        "volume.creating",
+        f"volume {vol.name} ({gib_text(size)}): the root disk of instance {inst.name} on "
+        f"{host.name}",
+        instance_id=inst.id,
     )
     touch_host(uow, vol.host_id)
     return vol, start_operation(s, principal, vol, "volume.create", state="available")

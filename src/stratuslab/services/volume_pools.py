@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from stratuslab.db.models import Host, Volume
 from stratuslab.errors import CapacityError
-from stratuslab.services.volume_states import POOL_FREE, VolumeState, gib_text
+from stratuslab.services.volume_states import POOL_FREE, POOL_SHARED, VolumeState, gib_text
 from stratuslab.types import HostState
 
 
@@ -62,3 +62,9 @@ def pool_host(session: Session, host_id: str | None) -> Host:
     if host is None:
         raise CapacityError("the volume's host is gone", hint="ask an admin", code="no_host")
     return host
+
+
+def pool_shared(session: Session, host_id: str | None) -> bool:
+    """Whether the pool of ``host_id`` exports to other hosts (iSCSI, or a shared mount)."""
+    host = session.get(Host, host_id) if host_id else None
+    return host is not None and bool((host.usage or {}).get(POOL_SHARED))

@@ -22,6 +22,8 @@ MiB = 1 << 20
 #: what a node's heartbeat usage says about its volume pool
 POOL_FREE = "volume_free_bytes"
 POOL_LIVE_SNAPSHOT = "volume_live_snapshot"
+#: the pool exports to other hosts (iSCSI, or a file pool on a shared mount)
+POOL_SHARED = "volume_shared"
 #: the attachment index of a boot volume (``vda``; not hot-pluggable)
 BOOT_INDEX = -1
 
@@ -121,6 +123,17 @@ def touch_host(uow: UnitOfWork, host_id: str | None) -> None:
     if host is not None:
         host.desired_generation += 1
     uow.notify(f"host:{host_id}")
+
+
+def touch_pool(session: Session, vol: Volume, inst: Instance) -> None:
+    """An attachment of ``vol`` on ``inst`` came or went: when the volume is in the pool of
+    another host, that host must export it to (or withdraw it from) the instance's host.
+    (No notification: the host's long-poll re-reads its generation within seconds.)"""
+    if vol.host_id is None or vol.host_id == inst.host_id:
+        return
+    host = session.get(Host, vol.host_id)
+    if host is not None:
+        host.desired_generation += 1
 
 
 def attachments_of(

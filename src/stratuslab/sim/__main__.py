@@ -38,6 +38,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pure", action="store_true", help="skip the pure scheduler rate")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--keep-database", action="store_true")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="run the controller under a sampling profiler; one profile per phase goes here",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -59,6 +64,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         restart=not args.no_restart,
         data_dir=args.data_dir,
         keep_database=args.keep_database,
+        profile_dir=args.profile,
     )
 
 

@@ -38,6 +38,8 @@ class ControllerProcess:
     port: int = field(default_factory=free_port)
     #: extra controller settings, as STRATUS_* environment variables (name -> value)
     settings: dict[str, str] = field(default_factory=dict)
+    #: run under the sampling profiler (sim/sampler.py), dumping into this directory
+    profile_dir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     admin_token: str = ""
 
@@ -57,10 +59,13 @@ class ControllerProcess:
         return env
 
     def _args(self, command: str) -> list[str]:
+        entry = _ENTRY
+        if self.profile_dir is not None and command == "serve":
+            entry = f"from stratuslab.sim.sampler import main; main({str(self.profile_dir)!r})"
         return [
             sys.executable,
             "-c",
-            _ENTRY,
+            entry,
             command,
             "--data-dir",
             str(self.data_dir),
@@ -117,6 +122,11 @@ class ControllerProcess:
     def restart(self) -> float:
         self.stop(grace=0.5)
         return self.start()
+
+    def dump_profile(self) -> None:
+        """Ask the profiled controller to write the samples since the last dump."""
+        if self.profile_dir is not None and self.proc is not None:
+            self.proc.send_signal(signal.SIGUSR1)
 
     def memory(self) -> tuple[int, int]:
         """(current RSS, peak RSS) in bytes."""

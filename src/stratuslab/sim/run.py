@@ -53,6 +53,8 @@ class SimConfig:
     data_dir: Path | None = None
     keep_database: bool = False
     seed: int = 1
+    #: run the controller under the sampling profiler; profiles per phase land here
+    profile_dir: Path | None = None
 
 
 @dataclass
@@ -67,7 +69,10 @@ class SimReport:
     churn: Phase = field(default_factory=Phase)
     idle_controller_cpu: float = 0.0
     get_one: Latency | None = None
+    #: every 100-item page of the list, followed by cursor
     get_page: Latency | None = None
+    #: 100-item pages at random offsets (the way before cursors)
+    get_offset_page: Latency | None = None
     listed_total: int = 0
     rss_bytes: int = 0
     peak_rss_bytes: int = 0
@@ -105,6 +110,7 @@ async def _run(config: SimConfig, data_dir: Path) -> SimReport:
             data_dir / "controller",
             url,
             settings={"heartbeat_grace": str(max(600.0, 10 * config.heartbeat_interval))},
+            profile_dir=config.profile_dir,
         )
         await asyncio.to_thread(ctrl.init)
         await asyncio.to_thread(ctrl.start)
@@ -128,10 +134,12 @@ async def _scenario(
         t = time.monotonic()
         fleet.start(wait=config.long_poll, heartbeat_interval=config.heartbeat_interval)
         report.first_sync_seconds = await fleet.wait_synced(t, timeout=300) or -1.0
+        ctrl.dump_profile()  # profile-1: join and first sync
         live = await _fill_and_churn(config, ctrl, api, fleet, report, rng)
         report.idle_controller_cpu = await _idle_cpu(ctrl, seconds=5.0)
+        ctrl.dump_profile()  # profile-4: idle
         async with _step(report, "read latency"):
-            get_one, get_page, total = await asyncio.to_thread(
+            get_one, get_page, get_offset_page, total = await asyncio.to_thread(
                 read_latency,
                 ctrl.url,
                 ctrl.admin_token,
@@ -141,6 +149,8 @@ async def _scenario(
                 rng=rng,
             )
             report.get_one, report.get_page, report.listed_total = get_one, get_page, total
+            report.get_offset_page = get_offset_page
+        ctrl.dump_profile()  # profile-5: read latency
         report.rss_bytes, report.peak_rss_bytes = ctrl.memory()
         report.database_bytes = await asyncio.to_thread(database_size, url)
         async with _step(report, "checks"):
@@ -175,6 +185,7 @@ async def _fill_and_churn(
     )
     await wait_acked(fleet.tracker, report.fill, t0, timeout=timeout)
     report.fill_controller_cpu_s = ctrl.cpu_seconds() - cpu0
+    ctrl.dump_profile()  # profile-2: fill
     live = list(report.fill.ids)
     if config.churn_seconds > 0:
         t0 = time.monotonic()
@@ -188,6 +199,7 @@ async def _fill_and_churn(
         )
         await wait_acked(fleet.tracker, report.churn, t0, timeout=timeout, deleted=deleted)
         live.extend(report.churn.ids)
+    ctrl.dump_profile()  # profile-3: churn (empty without churn)
     return live
 
 

@@ -179,26 +179,41 @@ async def churn(
 
 def read_latency(
     url: str, token: str, ids: list[str], *, gets: int, pages: int, rng: random.Random
-) -> tuple[Latency, Latency, int]:
-    """Sequential reads from one client: GET one instance; GET a 100-item page at a random
-    offset. Returns both latencies and the total the pages reported."""
+) -> tuple[Latency, Latency, Latency, int]:
+    """Sequential reads from one client: GET one instance (``gets`` random ones); every
+    100-item page of the whole list, followed by cursor; ``pages`` 100-item pages at random
+    offsets. Returns the three latencies and the total the first page reported."""
     one: list[float] = []
-    page: list[float] = []
+    by_cursor: list[float] = []
+    by_offset: list[float] = []
     total = 0
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+    with httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60.0
+    ) as http:
         http.get(f"{API}/instances/{ids[0]}").raise_for_status()  # warm the connection
         for _ in range(gets):
             t = time.perf_counter()
             http.get(f"{API}/instances/{rng.choice(ids)}").raise_for_status()
             one.append(time.perf_counter() - t)
+        params: dict[str, str | int] = {"limit": 100}
+        while True:
+            t = time.perf_counter()
+            resp = http.get(f"{API}/instances", params=params)
+            by_cursor.append(time.perf_counter() - t)
+            resp.raise_for_status()
+            page = resp.json()
+            if "cursor" not in params:
+                total = int(page["total"])
+            if not page.get("next_cursor"):
+                break
+            params = {"limit": 100, "cursor": page["next_cursor"]}
         for _ in range(pages):
             offset = rng.randrange(max(len(ids) - 100, 1))
             t = time.perf_counter()
             resp = http.get(f"{API}/instances", params={"limit": 100, "offset": offset})
-            page.append(time.perf_counter() - t)
+            by_offset.append(time.perf_counter() - t)
             resp.raise_for_status()
-            total = int(resp.json()["total"])
-    return Latency.of(one), Latency.of(page), total
+    return Latency.of(one), Latency.of(by_cursor), Latency.of(by_offset), total
 
 
 @dataclass
@@ -245,15 +260,15 @@ async def check(api: httpx.AsyncClient, fleet: Fleet) -> Checks:
 async def _instance_hosts(api: httpx.AsyncClient) -> dict[str, str | None]:
     """Every live instance's host, read page by page."""
     out: dict[str, str | None] = {}
-    offset = 0
+    params: dict[str, str | int] = {"limit": 1000}
     while True:
-        resp = await api.get(f"{API}/instances", params={"limit": 1000, "offset": offset})
+        resp = await api.get(f"{API}/instances", params=params)
         resp.raise_for_status()
-        items = resp.json()["items"]
-        out.update({i["id"]: i["host_id"] for i in items})
-        offset += len(items)
-        if not items:
+        page = resp.json()
+        out.update({i["id"]: i["host_id"] for i in page["items"]})
+        if not page["items"] or not page.get("next_cursor"):
             return out
+        params = {"limit": 1000, "cursor": page["next_cursor"]}
 
 
 def mean(values: list[float]) -> float:

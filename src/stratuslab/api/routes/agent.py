@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
+from stratuslab.api import group_commit
 from stratuslab.api.deps import CtxDep, HostDep
 from stratuslab.api.uploads import receive_upload
 from stratuslab.db import models
+from stratuslab.db.session import read_session
 from stratuslab.errors import NotFound
 from stratuslab.schemas.agent import (
     DesiredState,
@@ -24,10 +29,17 @@ from stratuslab.schemas.agent import (
 )
 from stratuslab.schemas.images import SaveFailure
 from stratuslab.services import agent, hosts, images, operations
-from stratuslab.services.context import Ctx, wait_event
+from stratuslab.services.auth import unknown_host
+from stratuslab.services.context import Ctx, UnitOfWork, wait_event
 from stratuslab.services.instances import host_key
 
 router = APIRouter(prefix="/agent", tags=["agent"])
+T = TypeVar("T")
+
+#: a waiting long-poll re-reads its host's generation this often (seconds, plus up to a
+#: quarter more at random). In one controller process the notifier wakes it at once; this
+#: only bounds how late a change made by another controller process is seen.
+RECHECK_INTERVAL = 20.0
 
 
 @router.post("/join", status_code=201)
@@ -37,27 +49,41 @@ def join(body: JoinRequest, ctx: CtxDep) -> JoinResponse:
         return JoinResponse(host_id=host.id, credential=credential)
 
 
+def _write(request: Request, ctx: Ctx, work: Callable[[UnitOfWork], T]) -> Awaitable[T]:
+    """An agent's small write transaction (grouped with others on SQLite)."""
+    return group_commit.write(request.app, ctx, work)
+
+
+def _host_row(uow: UnitOfWork, host_id: str) -> models.Host:
+    row = uow.session.get(models.Host, host_id)
+    if row is None:  # removed since its credential was last checked
+        raise unknown_host()
+    return row
+
+
 @router.post("/heartbeat", status_code=204)
-def heartbeat(body: Heartbeat, ctx: CtxDep, host: HostDep) -> None:
-    with ctx.uow() as s:
-        row = s.get(models.Host, host.id)
-        assert row is not None
-        hosts.heartbeat(s, row, body)
+async def heartbeat(body: Heartbeat, request: Request, ctx: CtxDep, host: HostDep) -> None:
+    def work(uow: UnitOfWork) -> None:
+        hosts.heartbeat(uow.session, _host_row(uow, host.id), body)
+
+    await _write(request, ctx, work)
 
 
-def _desired(ctx: Ctx, host_id: str) -> DesiredState:
-    with ctx.sessions() as s:
+def _desired_if_changed(ctx: Ctx, host_id: str, since: int | None) -> DesiredState | None:
+    """The host's desired state, or None when its generation is still ``since`` (one read
+    transaction: the generation check and the state it returns agree)."""
+    with read_session(ctx.sessions) as s:
+        generation = s.scalar(
+            select(models.Host.desired_generation).where(models.Host.id == host_id)
+        )
+        if generation is None:
+            raise unknown_host()
+        if since is not None and generation == since:
+            return None
         row = s.get(models.Host, host_id)
         assert row is not None
         return agent.desired_state(
             s, row, ctx.settings.stop_timeout, egress=ctx.settings.guest_egress
-        )
-
-
-def _generation(ctx: Ctx, host_id: str) -> int:
-    with ctx.sessions() as s:
-        return int(
-            s.scalar(select(models.Host.desired_generation).where(models.Host.id == host_id)) or 0
         )
 
 
@@ -72,26 +98,30 @@ async def desired(
     deadline = time.monotonic() + min(wait, ctx.settings.max_wait)
     while True:
         with ctx.notifier.subscribe(host_key(host.id)) as changed:
-            generation = await run_in_threadpool(_generation, ctx, host.id)
             remaining = deadline - time.monotonic()
-            if generation != since or remaining <= 0:
-                return await run_in_threadpool(_desired, ctx, host.id)
-            await wait_event(changed, min(remaining, 5.0))
+            state = await run_in_threadpool(
+                _desired_if_changed, ctx, host.id, since if remaining > 0 else None
+            )
+            if state is not None:
+                return state
+            recheck = RECHECK_INTERVAL * random.uniform(1.0, 1.25)
+            await wait_event(changed, min(deadline - time.monotonic(), recheck))
 
 
 @router.post("/report")
-def report(body: Report, ctx: CtxDep, host: HostDep) -> ReportAck:
-    with ctx.uow() as s:
-        row = s.get(models.Host, host.id)
-        assert row is not None
-        ack, finished = agent.apply_report(s, row, body, ctx.console_dir)
+async def report(body: Report, request: Request, ctx: CtxDep, host: HostDep) -> ReportAck:
+    def work(uow: UnitOfWork) -> tuple[ReportAck, list[str]]:
+        row = _host_row(uow, host.id)
+        return agent.apply_report(uow.session, row, body, ctx.console_dir)
+
+    ack, finished = await _write(request, ctx, work)
     ctx.notifier.notify(*(operations.op_key(op) for op in finished))
     return ack
 
 
 @router.get("/images/{image_id}", response_class=FileResponse)
 def image_file(image_id: str, ctx: CtxDep, host: HostDep) -> FileResponse:
-    with ctx.sessions() as s:
+    with read_session(ctx.sessions) as s:
         image = s.get(models.Image, image_id)
         if image is None or not image.path:
             raise NotFound(f"image {image_id} does not exist", hint="it may have been deleted")

@@ -10,9 +10,10 @@ from stratuslab.drivers.base import (
     DomainSpec,
     DomainStatus,
     HostCapabilities,
+    MigrationOptions,
     VolumeAttachment,
 )
-from stratuslab.drivers.libvirt import hotplug, kvm_probe
+from stratuslab.drivers.libvirt import hotplug, kvm_probe, migrate
 from stratuslab.drivers.libvirt.connection import (
     Connection,
     error_code,
@@ -168,6 +169,24 @@ class LibvirtComputeDriver:
 
     def attached_volumes(self, uuid: str) -> tuple[VolumeAttachment, ...]:
         return hotplug.attached(self._require(uuid))
+
+    # -- the LiveMigrationDriver capability (see migrate.py) --------------------------------
+
+    def migrate_live(
+        self,
+        uuid: str,
+        dest_uri: str,
+        *,
+        dest: DomainSpec | None = None,
+        options: MigrationOptions | None = None,
+    ) -> None:
+        migrate.migrate_live(
+            self._conn,
+            self._require(uuid),
+            dest_uri,
+            dest=dest,
+            options=options or MigrationOptions(),
+        )
 
     # -- internals --------------------------------------------------------------------------
 

@@ -8,7 +8,10 @@ port, for tests, benchmarks and one-host clouds; a site runs the distribution's 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -136,27 +139,55 @@ class TgtDaemon:
         self.tgtd = tgtd
         self.tgtadm = Tgtadm(control_port)
         self._process: subprocess.Popen[bytes] | None = None
+        #: a daemon started by another process (:meth:`adopt`): stopped by PID
+        self._adopted: int | None = None
 
     @property
     def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
+        return self._adopted if self._process is None else self._process.pid
 
-    def start(self, timeout: float = 10.0) -> None:
+    @classmethod
+    def adopt(cls, pid: int, *, control_port: int, tgtd: str = "tgtd") -> TgtDaemon | None:
+        """The running ``tgtd`` ``pid`` serving ``control_port`` (started by an earlier
+        process, e.g. a node agent before it restarted), or None if ``pid`` is not that."""
+        argv = _cmdline(pid)
+        if not argv or Path(argv[0]).name != Path(tgtd).name:
+            return None
+        if _option(argv, "-C") != str(control_port):
+            return None
+        daemon = cls(portal_port=0, control_port=control_port, tgtd=tgtd)
+        daemon._adopted = pid
+        return daemon
+
+    def start(self, timeout: float = 10.0, *, detach: bool = False) -> None:
+        """Start the daemon and wait until it serves. ``detach``: in its own session and
+        not as a :class:`subprocess.Popen` child, so that it outlives the caller (guests
+        keep their disks while a node agent restarts); it is stopped by PID."""
         portal = f"portal={self.portal_host}:{self.portal_port}"
-        args = [self.tgtd, "-f", "-C", str(self.control_port), "--iscsi", portal]
+        program = shutil.which(self.tgtd)
+        if program is None:
+            raise DriverError(
+                f"cannot start {self.tgtd}: it is not installed", hint="apt-get install tgt"
+            )
+        args = [program, "-f", "-C", str(self.control_port), "--iscsi", portal]
         log = Path("/dev/null") if self.log is None else self.log
-        try:
-            with log.open("ab") as out:
+        with log.open("ab") as out:
+            if detach:
+                actions = [
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out.fileno(), 1),
+                    (os.POSIX_SPAWN_DUP2, out.fileno(), 2),
+                ]
+                self._adopted = os.posix_spawn(
+                    program, args, dict(os.environ), file_actions=actions, setsid=True
+                )
+            else:
                 self._process = subprocess.Popen(
                     args, stdin=subprocess.DEVNULL, stdout=out, stderr=out
                 )
-        except FileNotFoundError as exc:
-            raise DriverError(
-                f"cannot start {self.tgtd}: it is not installed", hint="apt-get install tgt"
-            ) from exc
         deadline = time.monotonic() + timeout
         while not (self.tgtadm.ready() and self._listening()):
-            if self._process.poll() is not None or time.monotonic() > deadline:
+            if self._exited() or time.monotonic() > deadline:
                 self.stop()
                 raise DriverError(
                     f"tgtd did not start on {self.portal_host}:{self.portal_port}",
@@ -164,21 +195,38 @@ class TgtDaemon:
                 )
             time.sleep(0.05)
 
+    def _exited(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is not None
+        return self._adopted is None or _gone(self._adopted, 0)
+
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        adopted, self._adopted = self._adopted, None
+        if process is None and adopted is None:
             return
+        if process is not None and process.poll() is not None:
+            return
+        if adopted is not None and not self.adopt(
+            adopted, control_port=self.control_port, tgtd=self.tgtd
+        ):
+            return  # gone, or the PID is someone else's now
         # tgtd ignores SIGTERM; it exits when asked through its management socket, once it
         # has no targets left.
         with contextlib.suppress(DriverError):
             for target in self.tgtadm.targets().values():
                 self.tgtadm.delete_target(target.tid, force=True)
             self.tgtadm.shutdown()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        elif adopted is not None and not _gone(adopted, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(adopted, signal.SIGKILL)
+            _gone(adopted, timeout)
         for suffix in ("", ".lock"):  # tgtd leaves its management socket behind
             (SOCKET_DIR / f"socket.{self.control_port}{suffix}").unlink(missing_ok=True)
 
@@ -200,3 +248,37 @@ class TgtDaemon:
                 return True
         except OSError:
             return False
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _option(argv: list[str], flag: str) -> str | None:
+    for i, arg in enumerate(argv[:-1]):
+        if arg == flag:
+            return argv[i + 1]
+    return None
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` has exited (reaped if it is our child; a zombie of someone else's
+    counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)

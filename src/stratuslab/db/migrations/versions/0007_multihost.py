@@ -24,6 +24,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("ram_ratio", sa.Float(), nullable=True))
         batch.add_column(sa.Column("disk_ratio", sa.Float(), nullable=True))
         batch.add_column(sa.Column("state_reason", sa.Text(), nullable=False, server_default=""))
+        batch.add_column(
+            sa.Column("admin_state", sa.String(length=16), nullable=False, server_default="enabled")
+        )
         batch.add_column(sa.Column("migration_uri", sa.String(length=255), nullable=True))
     with op.batch_alter_table("instances") as batch:
         batch.add_column(sa.Column("requirements", sa.Text(), nullable=True))
@@ -54,6 +57,7 @@ def downgrade() -> None:
     with op.batch_alter_table("hosts") as batch:
         for name in (
             "migration_uri",
+            "admin_state",
             "state_reason",
             "disk_ratio",
             "ram_ratio",
