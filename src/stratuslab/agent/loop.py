@@ -200,7 +200,11 @@ class Agent:
         while not self.stopping.is_set():
             try:
                 self.link.heartbeat(
-                    Heartbeat(capacity=self.capacity(), usage=_usage(), images=self.cached_images())
+                    Heartbeat(
+                        capacity=self.capacity(),
+                        usage={**_usage(), **self.reconciler.networks.usage()},
+                        images=self.cached_images(),
+                    )
                 )
             except StratusError as exc:
                 log.warning("heartbeat failed: %s", exc.message)

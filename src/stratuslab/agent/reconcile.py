@@ -274,7 +274,9 @@ class Reconciler:
         boot = self.volumes.boot_disk(inst) if self.volumes else None
         if boot is not None:
             disks = (boot, *disks[1:])
-        forwards = (PortForward(host_port=inst.ssh_port),) if inst.ssh_port else ()
+        forwards = (
+            (PortForward(host_port=inst.ssh_port),) if inst.ssh_port else ()
+        ) + self.networks.user_forwards(inst)
         return DomainSpec(
             uuid=inst.id,
             name=domain_name(inst.id),
