@@ -107,6 +107,7 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        keys = self._keys | self.session.info.pop(NOTIFY, set())
         try:
             if exc_type is None:
                 self.session.commit()
@@ -114,5 +115,15 @@ class UnitOfWork:
                 self.session.rollback()
         finally:
             self.session.close()
-        if exc_type is None and self._keys:
-            self.ctx.notifier.notify(*self._keys)
+        if exc_type is None and keys:
+            self.ctx.notifier.notify(*keys)
+
+
+#: ``session.info`` key of the notifications asked for by code that has only the session
+NOTIFY = "stratus.notify"
+
+
+def notify_later(session: Session, *keys: str) -> None:
+    """Wake the waiters on ``keys`` once the transaction of ``session`` commits (for code
+    below a :class:`UnitOfWork` that sees only its session, e.g. agent report handling)."""
+    session.info.setdefault(NOTIFY, set()).update(keys)

@@ -135,18 +135,7 @@ def start_save(uow: UnitOfWork, principal: Principal, inst: Instance, name: str)
             hint="wait for the running save to finish (`stratus events`)",
         )
     check_name_free(s, principal, name)
-    image = Image(
-        name=name,
-        format=ImageFormat.QCOW2.value,
-        sha256="",
-        status=ImageStatus.SAVING.value,
-        path="",
-        source_instance_id=inst.id,
-        owner_id=principal.user_id,
-        project_id=principal.project_id,
-    )
-    s.add(image)
-    s.flush()
+    image = new_saving_image(s, inst, name, principal.user_id, principal.project_id)
     inst.spec = {**inst.spec, "save": {"image_id": image.id}}
     inst.generation += 1
     if inst.host_id is not None:
@@ -172,6 +161,25 @@ def start_save(uow: UnitOfWork, principal: Principal, inst: Instance, name: str)
     s.add(op)
     s.flush()
     return op
+
+
+def new_saving_image(
+    session: Session, inst: Instance, name: str, owner_id: str, project_id: str
+) -> Image:
+    """The image row an instance's root disk is being saved into (by its host)."""
+    image = Image(
+        name=name,
+        format=ImageFormat.QCOW2.value,
+        sha256="",
+        status=ImageStatus.SAVING.value,
+        path="",
+        source_instance_id=inst.id,
+        owner_id=owner_id,
+        project_id=project_id,
+    )
+    session.add(image)
+    session.flush()
+    return image
 
 
 def saving_image(session: Session, host_id: str, image_id: str) -> tuple[Image, Instance]:

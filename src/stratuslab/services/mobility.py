@@ -34,12 +34,12 @@ from stratuslab.db.models import Host, Image, Instance, Operation, Volume, Volum
 from stratuslab.errors import CapacityError, Conflict, InvalidInput
 from stratuslab.services import events, networks, operations
 from stratuslab.services.auth import Principal
-from stratuslab.services.context import UnitOfWork
+from stratuslab.services.context import UnitOfWork, notify_later
 from stratuslab.services.hosts import get_host
-from stratuslab.services.images import check_name_free
+from stratuslab.services.images import check_name_free, new_saving_image
 from stratuslab.services.placement import RELEASED, Placer, request_for
 from stratuslab.services.volume_pools import pool_shared
-from stratuslab.types import DesiredState, HostState, ImageFormat, ImageStatus, InstanceStatus
+from stratuslab.types import DesiredState, HostState, ImageStatus, InstanceStatus
 
 #: instance statuses a cold migration may start from
 MOVABLE = (InstanceStatus.RUNNING.value, InstanceStatus.STOPPED.value)
@@ -84,28 +84,10 @@ def migrate(
             code="disks_not_movable",
         )
     resume = inst.desired == DesiredState.RUNNING.value
-    image = _root_image(s, principal, inst)
-    inst.migration = {
-        "mode": "cold",
-        "phase": "saving",
-        "from": inst.host_id,
-        "to": target,
-        "image_id": image.id,
-        "resume": resume,
-        "started": utcnow().isoformat(),
-    }
-    inst.desired = DesiredState.STOPPED.value
-    inst.spec = {**inst.spec, "save": {"image_id": image.id}}
-    _bump(uow, inst, inst.host_id)
-    events.record(
-        s,
-        "instance.migrating",
-        f"cold migration to {_host_name(s, target) if target else 'a host the scheduler picks'}"
-        ": stopping and saving the root disk",
-        instance_id=inst.id,
-        host_id=inst.host_id,
-        project_id=inst.project_id,
-    )
+    name = _root_name(inst)
+    check_name_free(s, principal, name)
+    where = _host_name(s, target) if target else "a host the scheduler picks"
+    _start_cold(uow, inst, target, f"cold migration to {where}", name=name)
     op = operations.start(
         s,
         principal,
@@ -115,7 +97,7 @@ def migrate(
     )
     # the move bumps the generation once more: the operation waits for the new host
     op.expect = {**op.expect, "generations": {inst.id: inst.generation + 1}}
-    inst.migration = {**inst.migration, "operation": op.id}
+    inst.migration = {**(inst.migration or {}), "operation": op.id}
     return op
 
 
@@ -165,32 +147,24 @@ def disks_left_behind(s: Session, inst: Instance, target: str | None) -> str:
     return ""
 
 
-def _root_image(s: Session, principal: Principal, inst: Instance) -> Image:
-    name = f"{inst.name}-root-{utcnow():%Y%m%d%H%M%S}"
-    check_name_free(s, principal, name)
-    image = Image(
-        name=name,
-        format=ImageFormat.QCOW2.value,
-        sha256="",
-        status=ImageStatus.SAVING.value,
-        path="",
-        source_instance_id=inst.id,
-        owner_id=inst.owner_id,
-        project_id=inst.project_id,
-    )
-    s.add(image)
-    s.flush()
-    return image
+def _root_name(inst: Instance) -> str:
+    return f"{inst.name}-root-{utcnow():%Y%m%d%H%M%S}"
 
 
 def _bump(uow: UnitOfWork, inst: Instance, *host_ids: str | None) -> None:
+    _touch(uow.session, inst, *host_ids)
+
+
+def _touch(session: Session, inst: Instance, *host_ids: str | None) -> None:
+    """A new generation of ``inst``; the hosts' desired states change and their agents are
+    woken once the transaction commits."""
     inst.generation += 1
     inst.updated_at = utcnow()
     for host_id in {h for h in host_ids if h}:
-        host = uow.session.get(Host, host_id)
+        host = session.get(Host, host_id)
         if host is not None:
             host.desired_generation += 1
-        uow.notify(f"host:{host_id}")
+        notify_later(session, f"host:{host_id}")
 
 
 def _host_name(s: Session, host_id: str | None) -> str:
@@ -229,8 +203,6 @@ def _advance_migration(uow: UnitOfWork, inst: Instance) -> None:
         source = s.get(Host, mig.get("from")) if mig.get("from") else None
         if source is None or source.state == HostState.OFFLINE.value:
             _released(s, inst)  # a gone host runs nothing: its copy cannot come back unfenced
-            if inst.host_id:
-                uow.notify(f"host:{inst.host_id}")
     elif phase == "migrating" and mig.get("mode") == "live":
         dest = s.get(Host, mig.get("to")) if mig.get("to") else None
         if dest is None or dest.state == HostState.OFFLINE.value:
@@ -313,6 +285,7 @@ def _released(session: Session, inst: Instance) -> None:
         dest = session.get(Host, inst.host_id)
         if dest is not None:
             dest.desired_generation += 1
+        notify_later(session, f"host:{inst.host_id}")
 
 
 def _abort(uow: UnitOfWork, inst: Instance, mig: dict[str, Any], reason: str) -> None:
@@ -366,28 +339,21 @@ def _drain(uow: UnitOfWork) -> None:
             if stuck:
                 inst.status_reason = f"draining {host.name}, but it cannot move: {stuck}"
                 continue
-            _start_system_move(uow, inst, f"host {host.name} is draining")
+            _start_cold(uow, inst, None, f"host {host.name} is draining")
 
 
-def _start_system_move(uow: UnitOfWork, inst: Instance, why: str) -> None:
+def _start_cold(
+    uow: UnitOfWork, inst: Instance, target: str | None, why: str, *, name: str = ""
+) -> None:
+    """Stop ``inst`` and have its host save the root disk; :func:`advance` does the rest."""
     s = uow.session
-    image = Image(
-        name=f"{inst.name}-root-{utcnow():%Y%m%d%H%M%S%f}"[:128],
-        format=ImageFormat.QCOW2.value,
-        sha256="",
-        status=ImageStatus.SAVING.value,
-        path="",
-        source_instance_id=inst.id,
-        owner_id=inst.owner_id,
-        project_id=inst.project_id,
-    )
-    s.add(image)
-    s.flush()
+    name = name or _root_name(inst)
+    image = new_saving_image(s, inst, name, inst.owner_id, inst.project_id)
     inst.migration = {
         "mode": "cold",
         "phase": "saving",
         "from": inst.host_id,
-        "to": None,
+        "to": target,
         "image_id": image.id,
         "resume": inst.desired == DesiredState.RUNNING.value,
         "started": utcnow().isoformat(),
@@ -398,7 +364,7 @@ def _start_system_move(uow: UnitOfWork, inst: Instance, why: str) -> None:
     events.record(
         s,
         "instance.migrating",
-        f"{why}: cold migration started",
+        f"{why}: stopping and saving the root disk",
         instance_id=inst.id,
         host_id=inst.host_id,
         project_id=inst.project_id,
@@ -578,12 +544,7 @@ def landed(session: Session, host: Host, instance_id: str) -> None:
     old = inst.host_id
     inst.host_id, inst.ssh_port = host.id, int(mig["port"])
     inst.migration = None
-    inst.generation += 1
-    inst.updated_at = utcnow()
-    for host_id in (old, host.id):
-        row = session.get(Host, host_id) if host_id else None
-        if row is not None:
-            row.desired_generation += 1
+    _touch(session, inst, old, host.id)
     events.record(
         session,
         "instance.migrated",
@@ -601,11 +562,7 @@ def live_failed(session: Session, dest_id: str, instance_id: str, reason: str) -
         return
     mig = dict(inst.migration or {})
     inst.migration = None
-    inst.generation += 1
-    for host_id in (inst.host_id, dest_id):
-        row = session.get(Host, host_id) if host_id else None
-        if row is not None:
-            row.desired_generation += 1
+    _touch(session, inst, inst.host_id, dest_id)
     events.record(
         session,
         "instance.migrate_failed",

@@ -19,6 +19,7 @@ from stratuslab.schemas.agent import (
     Report,
 )
 from stratuslab.services import events
+from stratuslab.services.context import notify_later
 from stratuslab.services.volume_attachments import release
 from stratuslab.services.volume_operations import evaluate_operations
 from stratuslab.services.volume_states import (
@@ -181,6 +182,7 @@ def _observe_export(session: Session, vol: Volume, obs: ObservedVolume) -> dict[
                 host = session.get(Host, inst.host_id)
                 if host is not None:
                     host.desired_generation += 1
+                notify_later(session, f"host:{inst.host_id}")
     if not obs.export_error:
         return None
     problem: dict[str, Any] | None = None

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from stratuslab.db.models import Host, Instance, Volume, VolumeAttachment, utcnow
 from stratuslab.services import events
-from stratuslab.services.context import UnitOfWork
+from stratuslab.services.context import UnitOfWork, notify_later
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -127,13 +127,13 @@ def touch_host(uow: UnitOfWork, host_id: str | None) -> None:
 
 def touch_pool(session: Session, vol: Volume, inst: Instance) -> None:
     """An attachment of ``vol`` on ``inst`` came or went: when the volume is in the pool of
-    another host, that host must export it to (or withdraw it from) the instance's host.
-    (No notification: the host's long-poll re-reads its generation within seconds.)"""
+    another host, that host must export it to (or withdraw it from) the instance's host."""
     if vol.host_id is None or vol.host_id == inst.host_id:
         return
     host = session.get(Host, vol.host_id)
     if host is not None:
         host.desired_generation += 1
+    notify_later(session, f"host:{vol.host_id}")
 
 
 def attachments_of(
