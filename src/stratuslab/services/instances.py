@@ -41,6 +41,8 @@ from stratuslab.services.marketplace_images import (
     resolve_image,
 )
 from stratuslab.services.placement import Placer, request_for, waiting_since
+from stratuslab.services.volume_lifecycle import get_volume
+from stratuslab.services.volume_pools import pool_shared
 from stratuslab.types import DesiredState, InstanceStatus
 
 SSH_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+( .*)?$")
@@ -184,6 +186,38 @@ def _scheduling(req: InstanceCreate, default_ha: str) -> dict[str, Any]:
     }
 
 
+def _volume_host(s: Session, principal: Principal, req: InstanceCreate) -> str | None:
+    """The host the instance must run on because its volumes are in that host's local pool
+    (a boot volume, for now, always; a data volume unless its pool is shared)."""
+    pins: dict[str, str] = {}
+    refs = [(req.boot_volume, True)] if req.boot_volume else []
+    for ref, boot in [*refs, *((r, False) for r in req.volumes)]:
+        vol = get_volume(s, principal, ref)
+        if vol.host_id and (boot or not pool_shared(s, vol.host_id)):
+            pins.setdefault(vol.host_id, vol.name)
+    if len(pins) > 1:
+        raise Conflict(
+            f"volumes {' and '.join(sorted(pins.values()))} are in the local pools of "
+            "different hosts: no instance can have both",
+            hint="use volumes of one host, or volumes in a shared (iSCSI) pool",
+            code="volumes_on_different_hosts",
+        )
+    return next(iter(pins), None)
+
+
+def claim(placer: Placer, inst: Instance, image: Image | None) -> str | None:
+    """Place ``inst``: where the scheduler says, or on the host its local volumes pin it to."""
+    request = request_for(inst, image)
+    pin = inst.spec.get("pinned_host")
+    if not pin:
+        return placer.claim(inst, request)
+    problem = placer.claim_on(inst, request, str(pin))
+    if problem is None:
+        return str(pin)
+    inst.status_reason = f"waiting for the host that holds its volumes: {problem}"
+    return None
+
+
 def create_instances(
     uow: UnitOfWork, principal: Principal, req: InstanceCreate
 ) -> tuple[Operation, list[Instance]]:
@@ -201,11 +235,14 @@ def create_instances(
     volumes.check_create_request(req.volumes, req.volatile_disks, req.count)
     context = _context_spec(req, settings.context_method, settings.cloud_config_schema)
     hints = _scheduling(req, settings.default_ha_policy)
+    pin = _volume_host(s, principal, req)
     names = _names(s, principal, req)
     placer = Placer(s, settings)
     placer.check_possible(
         Request(vcpus=flavor.vcpus, memory_mib=flavor.memory_mib, disk_gib=flavor.disk_gib)
     )
+    if pin is not None:
+        context = {**context, "pinned_host": pin}
     created = [
         _create_one(uow, principal, req, placer, name, image, flavor, keys, context, hints)
         for name in names
@@ -251,7 +288,7 @@ def _create_one(
         **hints,
     )
     s.add(inst)
-    host_id = placer.claim(inst, request_for(inst, image))
+    host_id = claim(placer, inst, image)
     events.record(
         s,
         "instance.created",
@@ -387,7 +424,7 @@ def place_pending(uow: UnitOfWork) -> int:
     }
     placed = 0
     for inst in pending:
-        host_id = placer.claim(inst, request_for(inst, images.get(inst.image_id)))
+        host_id = claim(placer, inst, images.get(inst.image_id))
         if host_id is not None:
             placed += 1
             networks.instance_placed(uow, inst)

@@ -89,7 +89,7 @@ def add_attachment(session: Session, vol: Volume, inst: Instance) -> VolumeAttac
             else "wait until it is available",
             code="volume_in_use" if current else "volume_busy",
         )
-    if vol.host_id != inst.host_id and not pool_shared(session, vol.host_id):
+    if vol.host_id != _where(inst) and not pool_shared(session, vol.host_id):
         raise Conflict(
             f"volume {vol.name} is in the local volume pool of another host than instance "
             f"{inst.name}",
@@ -244,10 +244,12 @@ def _boot_from(session: Session, principal: Principal, inst: Instance, ref: str)
         raise Conflict(
             f"volume {vol.name} is {vol.state}", hint="detach it first", code="volume_in_use"
         )
-    if vol.host_id != inst.host_id:
+    if vol.host_id != _where(inst) and not pool_shared(session, vol.host_id):
         raise Conflict(
-            f"volume {vol.name} is in the pool of another host than the one chosen for {inst.name}",
-            hint="a volume pool is local to its host in this version",
+            f"volume {vol.name} is in the local volume pool of another host than the one "
+            f"chosen for {inst.name}",
+            hint="boot from it on the volume's host; volumes in iSCSI pools (or file pools "
+            "on a shared mount) boot anywhere",
             code="wrong_host",
         )
     session.add(
@@ -262,6 +264,7 @@ def _boot_from(session: Session, principal: Principal, inst: Instance, ref: str)
     session.flush()
     inst.spec = {**inst.spec, "boot_volume": vol.id}
     settle(session, vol, f"boot disk of {inst.name}")
+    touch_pool(session, vol, inst)  # another host's pool exports it to the instance's host
 
 
 def check_create_request(volume_refs: list[str], volatile_gib: list[int], count: int) -> None:
@@ -315,3 +318,8 @@ def _instance_names(session: Session, atts: list[VolumeAttachment]) -> str:
     ids = [a.instance_id for a in atts]
     names = session.scalars(select(Instance.name).where(Instance.id.in_(ids)))
     return ", ".join(sorted(names))
+
+
+def _where(inst: Instance) -> str | None:
+    """The instance's host; for one still pending, the host its volumes pin it to."""
+    return inst.host_id or inst.spec.get("pinned_host")
