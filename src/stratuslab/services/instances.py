@@ -299,8 +299,7 @@ def _create_one(
     )
     volumes.attach_at_create(uow, principal, inst, req.volumes, req.volatile_disks, req.boot_volume)
     networks.attach_at_create(uow, principal, inst, req.networks, req.security_group)
-    if host_id is not None:
-        networks.instance_placed(uow, inst)
+    if host_id is not None:  # attach_at_create made its host ports (networks.instance_placed)
         uow.notify(host_key(host_id))
     return inst
 

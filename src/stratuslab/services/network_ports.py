@@ -108,7 +108,8 @@ def placed(uow: UnitOfWork, inst: Instance) -> None:
     s = uow.session
     if inst.host_id is None or inst.desired == DesiredState.DELETED.value:
         return
-    host = s.scalar(select(Host).where(Host.id == inst.host_id).with_for_update())
+    # the placement transaction locked the host rows already (services/placement.py)
+    host = s.get(Host, inst.host_id, with_for_update=True)
     if host is None:
         return
     spec = dict(inst.spec or {})

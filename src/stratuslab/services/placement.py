@@ -41,12 +41,17 @@ def policy_from(settings: ControllerSettings) -> Policy:
 
 
 def snapshot_hosts(
-    session: Session, settings: ControllerSettings | None = None
+    session: Session,
+    settings: ControllerSettings | None = None,
+    *,
+    rows: dict[str, Host] | None = None,
 ) -> list[HostSnapshot]:
     """Every host with its allocations, groups and cached images, rows locked until the
     transaction ends."""
     settings = settings or ControllerSettings()
     hosts = list(session.scalars(select(Host).order_by(Host.name).with_for_update()))
+    if rows is not None:
+        rows.update((h.id, h) for h in hosts)
     used = {
         host_id: (int(cpu or 0), int(mem or 0), int(disk or 0))
         for host_id, cpu, mem, disk in session.execute(
@@ -146,7 +151,11 @@ class Placer:
     ) -> None:
         self.session = session
         self.settings = settings
-        self.hosts = [h for h in snapshot_hosts(session, settings) if h.id not in exclude]
+        #: the locked host rows (kept referenced: the session's identity map is weak)
+        self.rows: dict[str, Host] = {}
+        self.hosts = [
+            h for h in snapshot_hosts(session, settings, rows=self.rows) if h.id not in exclude
+        ]
         self.board = Board(self.hosts, policy_from(settings))
         self._ports: dict[str, set[int]] = {}
         self._names = {h.id: h.name for h in self.hosts}
@@ -188,7 +197,7 @@ class Placer:
         inst.status = InstanceStatus.SCHEDULED.value
         inst.status_reason = f"placed on {self._names.get(host_id, host_id)}"
         inst.pending_since = None
-        host = self.session.get(Host, host_id)
+        host = self.rows.get(host_id) or self.session.get(Host, host_id)
         assert host is not None
         host.desired_generation += 1
         return host_id
