@@ -9,6 +9,7 @@ loopback.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from stratuslab.appliances.tiny import READY_MARKER
 from stratuslab.schemas.instances import InstanceCreate
-from tests.functional.cloud import BIN, Cloud, _undefine_leftovers, wait_for
+from tests.functional.cloud import BIN, Cloud, wait_for
 from tests.functional.test_allinone import ssh, ssh_until_ok
 from tests.functional.test_live_migration import Daemon, second_libvirtd
 
@@ -29,34 +30,29 @@ __all__ = ["second_libvirtd"]  # the fixture, shared with test_live_migration
 pytestmark = pytest.mark.functional
 
 
-@pytest.fixture
-def two_hosts(tiny_image: Path) -> Iterator[Cloud]:
+@contextlib.contextmanager
+def two_node_cloud(
+    tiny_image: Path, env: dict[str, str], env_b: dict[str, str], libvirt_b: str = "qemu:///system"
+) -> Iterator[Cloud]:
+    """A controller, node A (the usual test node) and node B (``--hostname node-b``, its own
+    state directory, on libvirt ``libvirt_b``), with the tiny appliance uploaded."""
     root = Path(tempfile.mkdtemp(prefix="stratus-ftest-", dir="/var/tmp"))
     root.chmod(0o755)
-    c = Cloud(root, ssh_port_base=24000 + secrets.randbelow(40) * 50)
-    c.env["STRATUS_SSH_PORT_SCOPE"] = "cloud"
-    c.env["STRATUS_SCHEDULER_STRATEGY"] = "stripe"
-    second = None
+    c = Cloud(root, ssh_port_base=24000 + secrets.randbelow(80) * 25)
+    c.env.update({"STRATUS_SSH_PORT_SCOPE": "cloud", **env})
+    second: subprocess.Popen[bytes] | None = None
     try:
         c.start_controller()
         c.start_node()
-        wait_for(lambda: len(c.client.list_hosts()) == 1, 60, "the first node to join")
+        wait_for(lambda: len(c.client.list_hosts()) == 1, 60, "node A to join")
         token = c.client.create_join_token(600).token
-        state_b = root / "node-b"
-        second = c._spawn(
-            [
-                str(BIN / "stratus-node"),
-                "--state-dir",
-                str(state_b),
-                "--hostname",
-                "node-b",
-                "--join",
-                c.url,
-                token,
-            ],
-            "node-b.log",
-        )
-        wait_for(lambda: len(c.client.list_hosts()) == 2, 60, "the second node to join")
+        args = [str(BIN / "stratus-node"), "--state-dir", str(root / "node-b")]
+        args += ["--hostname", "node-b", "--join", c.url, token]
+        with (root / "node-b.log").open("ab") as log:
+            second = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env={**c.env, **env_b}
+            )
+        wait_for(lambda: len(c.client.list_hosts()) == 2, 60, "node B to join")
         c.client.upload_image(tiny_image, "tiny")
         yield c
     finally:
@@ -67,10 +63,23 @@ def two_hosts(tiny_image: Path) -> Iterator[Cloud]:
                 second.terminate()
                 try:
                     second.wait(15)
-                except Exception:
+                except subprocess.TimeoutExpired:
                     second.kill()
-            _undefine_leftovers(root / "node-b")
+            for d in (root / "node-b" / "instances").glob("*"):
+                for cmd in ("destroy", "undefine"):
+                    subprocess.run(
+                        ["virsh", "-c", libvirt_b, cmd, f"stratus-{d.name}"],
+                        capture_output=True,
+                        check=False,
+                    )
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def two_hosts(tiny_image: Path) -> Iterator[Cloud]:
+    """Both agents on the system libvirtd; each owns only its own instances."""
+    with two_node_cloud(tiny_image, {"STRATUS_SCHEDULER_STRATEGY": "stripe"}, {}) as c:
+        yield c
 
 
 def test_placed_on_both_hosts_and_cold_migrated(two_hosts: Cloud, ssh_key: Path) -> None:
@@ -109,48 +118,16 @@ def test_placed_on_both_hosts_and_cold_migrated(two_hosts: Cloud, ssh_key: Path)
 def live_hosts(tiny_image: Path, second_libvirtd: Daemon) -> Iterator[Cloud]:
     """Host A: an agent on the system libvirtd; host B: an agent on a second libvirtd (its
     own mount namespace and host UUID). Each names the other's hypervisor by URI."""
-    root = Path(tempfile.mkdtemp(prefix="stratus-ftest-", dir="/var/tmp"))
-    root.chmod(0o755)
-    c = Cloud(root, ssh_port_base=25000 + secrets.randbelow(40) * 50)
-    c.env["STRATUS_SSH_PORT_SCOPE"] = "cloud"
-    c.env["STRATUS_NODE_MIGRATION_URI"] = "qemu:///system"
-    c.env["STRATUS_NODE_MIGRATION_STREAM"] = "tcp://127.0.0.1"
-    second = None
-    try:
-        c.start_controller()
-        c.start_node()
-        wait_for(lambda: len(c.client.list_hosts()) == 1, 60, "node A to join")
-        env = {
-            **c.env,
-            "STRATUS_NODE_MIGRATION_URI": second_libvirtd.uri,
-            "STRATUS_NODE_LIBVIRT_URI": second_libvirtd.uri,
-        }
-        token = c.client.create_join_token(600).token
-        args = [str(BIN / "stratus-node"), "--state-dir", str(root / "node-b")]
-        args += ["--hostname", "node-b", "--join", c.url, token]
-        with (root / "node-b.log").open("ab") as log:
-            second = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        wait_for(lambda: len(c.client.list_hosts()) == 2, 60, "node B to join")
-        c.client.upload_image(tiny_image, "tiny")
+    env = {
+        "STRATUS_NODE_MIGRATION_URI": "qemu:///system",
+        "STRATUS_NODE_MIGRATION_STREAM": "tcp://127.0.0.1",
+    }
+    env_b = {
+        "STRATUS_NODE_MIGRATION_URI": second_libvirtd.uri,
+        "STRATUS_NODE_LIBVIRT_URI": second_libvirtd.uri,
+    }
+    with two_node_cloud(tiny_image, env, env_b, second_libvirtd.uri) as c:
         yield c
-    finally:
-        try:
-            c.close()
-        finally:
-            if second is not None and second.poll() is None:
-                second.terminate()
-                try:
-                    second.wait(15)
-                except subprocess.TimeoutExpired:
-                    second.kill()
-            for d in (root / "node-b" / "instances").glob("*"):
-                for cmd in ("destroy", "undefine"):
-                    subprocess.run(
-                        ["virsh", "-c", second_libvirtd.uri, cmd, f"stratus-{d.name}"],
-                        capture_output=True,
-                        check=False,
-                    )
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def test_live_migration_through_the_cloud(live_hosts: Cloud, ssh_key: Path) -> None:
