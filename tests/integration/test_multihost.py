@@ -280,6 +280,10 @@ def test_migration_refusals_change_nothing(api: TestClient, two: tuple[Node, Nod
     assert same.status_code == 422 and error(same)["code"] == "same_host"
     ghost = api.post(f"{P}/instances/stay/migrate", json={"host": "ghost"})
     assert ghost.status_code == 404
+    api.patch(f"{P}/hosts/node-2", json={"ram_ratio": 0.01})  # node-2 is full now
+    full = api.post(f"{P}/instances/stay/migrate", json={"host": "node-2"})
+    assert full.status_code == 409 and "not enough free RAM" in error(full)["message"]
+    api.patch(f"{P}/hosts/node-2", json={"reset_ratios": ["ram_ratio"]})
     api.post(f"{P}/hosts/node-2/state", json={"action": "disable"})
     off = api.post(f"{P}/instances/stay/migrate", json={"host": "node-2"})
     assert off.status_code == 409 and "disabled" in error(off)["message"]
