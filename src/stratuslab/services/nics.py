@@ -248,17 +248,29 @@ def _free_port(used: set[int], base: int, count: int) -> int:
     )
 
 
-def decorate(session: Session, items: Sequence[wire_instances.Instance]) -> None:
+def decorate(
+    session: Session,
+    items: Sequence[wire_instances.Instance],
+    rows: Sequence[Instance] | None = None,
+) -> None:
     """Fill the NICs and port forwards of instances on the wire. An instance with NICs has no
-    user-mode NIC: its address is the first NIC's (SSH port 22)."""
+    user-mode NIC: its address is the first NIC's (SSH port 22). ``rows``: the instances'
+    rows when the caller has them (saves reading them again)."""
     ids = [item.id for item in items]
     by_instance = networks.nics_of(session, ids)
-    forwards = forwards_of(session, ids)
+    with_nics = [i for i in ids if by_instance.get(i)]
+    forwards = forwards_of(session, with_nics) if with_nics else {}  # PAT needs a NIC
     all_nics = nic_wire(session, [nic for group in by_instance.values() for nic in group])
     all_forwards = forward_wire(session, [f for group in forwards.values() for f in group])
     nics_by_id = {nic.id: nic for nic in all_nics}
     forwards_by_id = {f.id: f for f in all_forwards}
-    user_mode = _user_mode_forwards(session, ids)
+    if rows is None:
+        user_mode = _user_mode_forwards(session, ids)
+    else:
+        names = {item.id: item.host_name or "" for item in items}
+        user_mode = _user_mode_from(
+            [(r, names.get(r.id, "")) for r in rows if r.host_id is not None]
+        )
     for item in items:
         mine = by_instance.get(item.id, [])
         item.nics = [nics_by_id[nic.id] for nic in mine]
@@ -281,6 +293,11 @@ def _user_mode_forwards(
         .join(Host, Host.id == Instance.host_id)
         .where(Instance.id.in_(list(instance_ids)))
     ).all()
+    return _user_mode_from([(inst, name) for inst, name in rows])
+
+
+def _user_mode_from(rows: Sequence[tuple[Instance, str]]) -> dict[str, list[wire.PortForward]]:
+    out: dict[str, list[wire.PortForward]] = {}
     for inst, host_name in rows:
         for entry in network_ports.user_forwards(inst):
             out.setdefault(inst.id, []).append(

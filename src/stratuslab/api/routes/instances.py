@@ -75,7 +75,7 @@ def to_wire(session: Session, rows: Iterable[models.Instance]) -> list[Instance]
         if r.ssh_port is not None:
             item.address = f"{FORWARD_ADDRESS}:{r.ssh_port}"
         out.append(item)
-    nics.decorate(session, out)
+    nics.decorate(session, out, rows)
     return out
 
 
