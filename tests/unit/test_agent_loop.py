@@ -37,10 +37,9 @@ class Link:
         return None
 
 
-def test_agent_resyncs_fully_after_the_controller_was_away() -> None:
+def make_agent(link: Link) -> Agent:
     driver = FakeComputeDriver()
     workspace = FakeWorkspace()
-    link = Link()
     reconciler = Reconciler(driver, workspace, FakeImageCache(), hypervisor=Hypervisor.QEMU)
     agent = Agent(
         link,  # type: ignore[arg-type]
@@ -50,6 +49,12 @@ def test_agent_resyncs_fully_after_the_controller_was_away() -> None:
         heartbeat_interval=3600,
     )
     link.agent = agent
+    return agent
+
+
+def test_agent_resyncs_fully_after_the_controller_was_away() -> None:
+    link = Link()
+    agent = make_agent(link)
     agent.stopping.wait = lambda timeout=None: False  # type: ignore[method-assign]
     agent.run()
     assert link.since == [-1, 7, -1]
@@ -68,18 +73,8 @@ class WaitingLink(Link):
 
 
 def test_stop_during_a_long_poll_ends_the_agent_at_once() -> None:
-    driver = FakeComputeDriver()
-    workspace = FakeWorkspace()
     link = WaitingLink()
-    reconciler = Reconciler(driver, workspace, FakeImageCache(), hypervisor=Hypervisor.QEMU)
-    agent = Agent(
-        link,  # type: ignore[arg-type]
-        reconciler,
-        workspace,
-        lambda: host_capacity(driver, Path("/")),
-        heartbeat_interval=3600,
-    )
-    link.agent = agent
+    agent = make_agent(link)
     agent.run()  # returns instead of raising or waiting for the next pass
     assert link.since == [-1, 7]
     assert agent.stopping.is_set() and not agent.polling

@@ -167,6 +167,27 @@ def _touch(session: Session, inst: Instance, *host_ids: str | None) -> None:
         notify_later(session, f"host:{host_id}")
 
 
+def _record(
+    session: Session,
+    inst: Instance,
+    kind: str,
+    message: str,
+    *,
+    level: str = "info",
+    host_id: str | None = None,
+) -> None:
+    """An event of ``inst`` (on its host unless ``host_id`` says otherwise)."""
+    events.record(
+        session,
+        kind,
+        message,
+        level=level,
+        instance_id=inst.id,
+        host_id=host_id or inst.host_id,
+        project_id=inst.project_id,
+    )
+
+
 def _host_name(s: Session, host_id: str | None) -> str:
     host = s.get(Host, host_id) if host_id else None
     return host.name if host is not None else str(host_id)
@@ -212,14 +233,12 @@ def _advance_migration(uow: UnitOfWork, inst: Instance) -> None:
         want = InstanceStatus.RUNNING if mig.get("resume") else InstanceStatus.STOPPED
         if inst.status == want.value and inst.observed_generation >= inst.generation:
             inst.migration = None
-            events.record(
+            _record(
                 s,
+                inst,
                 "instance.migrated",
                 f"cold migration from {_host_name(s, mig.get('from'))} to "
                 f"{_host_name(s, inst.host_id)} done",
-                instance_id=inst.id,
-                host_id=inst.host_id,
-                project_id=inst.project_id,
             )
 
 
@@ -255,13 +274,11 @@ def _move(uow: UnitOfWork, inst: Instance, mig: dict[str, Any]) -> None:
     # the new host starts it only once the old one has destroyed its copy (it reports that)
     inst.migration = {**mig, "phase": "releasing", "to": inst.host_id}
     _bump(uow, inst, old, inst.host_id)
-    events.record(
+    _record(
         s,
+        inst,
         "instance.moving",
         f"root disk saved; moving from {_host_name(s, old)} to {_host_name(s, inst.host_id)}",
-        instance_id=inst.id,
-        host_id=inst.host_id,
-        project_id=inst.project_id,
     )
 
 
@@ -295,14 +312,12 @@ def _abort(uow: UnitOfWork, inst: Instance, mig: dict[str, Any], reason: str) ->
     if mig.get("resume"):
         inst.desired = DesiredState.RUNNING.value
     _bump(uow, inst, inst.host_id)
-    events.record(
+    _record(
         s,
+        inst,
         "instance.migrate_failed",
         f"migration abandoned, the instance stays on {_host_name(s, inst.host_id)}: {reason}",
         level="error",
-        instance_id=inst.id,
-        host_id=inst.host_id,
-        project_id=inst.project_id,
     )
     op = s.get(Operation, mig.get("operation")) if mig.get("operation") else None
     if op is not None:
@@ -361,13 +376,11 @@ def _start_cold(
     inst.desired = DesiredState.STOPPED.value
     inst.spec = {**inst.spec, "save": {"image_id": image.id}}
     _bump(uow, inst, inst.host_id)
-    events.record(
+    _record(
         s,
+        inst,
         "instance.migrating",
         f"{why}: stopping and saving the root disk",
-        instance_id=inst.id,
-        host_id=inst.host_id,
-        project_id=inst.project_id,
     )
 
 
@@ -402,14 +415,13 @@ def _evacuate(uow: UnitOfWork, inst: Instance, host: Host) -> None:
     if stuck:
         if "cannot restart" not in inst.status_reason:
             inst.status_reason = f"host {host.name} is offline; HA cannot restart it: {stuck}"
-            events.record(
+            _record(
                 s,
+                inst,
                 "instance.ha_blocked",
                 inst.status_reason,
                 level="error",
-                instance_id=inst.id,
                 host_id=host.id,
-                project_id=inst.project_id,
             )
         return
     networks.instance_moved(uow, inst, host.id)
@@ -424,14 +436,13 @@ def _evacuate(uow: UnitOfWork, inst: Instance, host: Host) -> None:
     inst.pending_since = utcnow()
     inst.desired = DesiredState.RUNNING.value
     _bump(uow, inst, host.id)
-    events.record(
+    _record(
         s,
+        inst,
         "instance.ha_restart",
         f"host {host.name} failed: {inst.ha_policy} elsewhere",
         level="warning",
-        instance_id=inst.id,
         host_id=host.id,
-        project_id=inst.project_id,
     )
 
 
@@ -496,13 +507,12 @@ def _start_live(
         "started": utcnow().isoformat(),
     }
     _bump(uow, inst, source.id, dest.id)
-    events.record(
+    _record(
         s,
+        inst,
         "instance.migrating",
         f"live migration from {source.name} to {dest.name} started",
-        instance_id=inst.id,
         host_id=source.id,
-        project_id=inst.project_id,
     )
     op = operations.start(
         s,
@@ -545,13 +555,12 @@ def landed(session: Session, host: Host, instance_id: str) -> None:
     inst.host_id, inst.ssh_port = host.id, int(mig["port"])
     inst.migration = None
     _touch(session, inst, old, host.id)
-    events.record(
+    _record(
         session,
+        inst,
         "instance.migrated",
         f"live migration from {_host_name(session, old)} to {host.name} done",
-        instance_id=inst.id,
         host_id=host.id,
-        project_id=inst.project_id,
     )
 
 
@@ -563,14 +572,12 @@ def live_failed(session: Session, dest_id: str, instance_id: str, reason: str) -
     mig = dict(inst.migration or {})
     inst.migration = None
     _touch(session, inst, inst.host_id, dest_id)
-    events.record(
+    _record(
         session,
+        inst,
         "instance.migrate_failed",
         f"live migration to {_host_name(session, dest_id)} failed, the instance runs on: {reason}",
         level="error",
-        instance_id=inst.id,
-        host_id=inst.host_id,
-        project_id=inst.project_id,
     )
     op = session.get(Operation, mig.get("operation")) if mig.get("operation") else None
     if op is not None:
