@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from stratuslab.agent.networks import AgentNetworks
-from stratuslab.agent.volumes import InstanceVolumes
+from stratuslab.agent.volumes import InstanceVolumes, boot_disk, boot_wait_reason
 from stratuslab.agent.workspace import Workspace
 from stratuslab.drivers.base import (
     DOMAIN_PREFIX,
@@ -207,6 +207,9 @@ class Reconciler:
         local = self.workspace.read_state(inst.id)
         events: list[AgentEvent] = []
         if state is PowerState.MISSING:
+            waiting = boot_wait_reason(inst)
+            if waiting:  # the controller wakes this host when the export is there
+                return Result(self._observed(inst, InstanceStatus.PROVISIONING, waiting))
             self._provision(inst)
             events.append(
                 AgentEvent(
@@ -271,7 +274,7 @@ class Reconciler:
         """The image in the cache, the instance's disks and seed made, its domain described."""
         base = self.images.ensure(inst.image)
         disks = self.workspace.prepare(inst, base)
-        boot = self.volumes.boot_disk(inst) if self.volumes else None
+        boot = boot_disk(self.volumes, inst)
         if boot is not None:
             disks = (boot, *disks[1:])
         forwards = (

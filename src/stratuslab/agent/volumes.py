@@ -14,7 +14,9 @@
 * Volumes of a pool that exports to other hosts (iSCSI, a shared mount) are exported to the
   hosts the controller lists (``DesiredVolume.exports``) and reported with the URL those
   hosts open; an instance here attaches another host's volume at the URL it is given
-  (``DesiredAttachment.remote``), without its own pool.
+  (``DesiredAttachment.remote``), without its own pool. So does an instance booting from
+  another host's volume (``DesiredInstance.boot_volume_remote``: :func:`boot_disk`); until
+  the URL is there it is not defined (:func:`boot_wait_reason`).
 * A pool's volume can also be made from the root disk of a stopped instance of this host
   (``DesiredVolume.root_of``).
 * :func:`ensure_tgtd` starts the ``tgtd`` of an iSCSI pool when none answers; only a daemon
@@ -46,7 +48,7 @@ from stratuslab.drivers.base import (
 from stratuslab.drivers.storage.base import VolumeBackend, VolumeExport
 from stratuslab.drivers.storage.registry import get_volume_backend
 from stratuslab.drivers.storage.tgt import Tgtadm, TgtDaemon
-from stratuslab.errors import InvalidInput, NotFound, ServiceUnavailable, StratusError
+from stratuslab.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable, StratusError
 from stratuslab.schemas.agent import (
     DesiredAttachment,
     DesiredInstance,
@@ -297,6 +299,8 @@ class InstanceVolumes:
     def boot_disk(self, inst: DesiredInstance) -> DiskSpec | None:
         if inst.boot_volume is None:
             return None
+        if inst.boot_volume_remote:
+            return remote_boot_disk(inst)
         export = self.pool.export(inst.boot_volume)
         return DiskSpec(
             path=export.path if export.path is not None else Path(),
@@ -363,17 +367,7 @@ def remote_attachment(want: DesiredAttachment) -> VolumeAttachment:
     """The attachment of a volume of another host's pool, opened at ``want.url``:
     ``iscsi://portal:port/<iqn>/<lun>`` (QEMU's initiator) or ``file:///path`` (a mount
     shared by every host)."""
-    url = urlsplit(want.url or "")
-    path, network = None, None
-    if url.scheme == "iscsi" and url.hostname and url.path.strip("/"):
-        network = NetworkSource("iscsi", url.path.strip("/"), url.hostname, url.port or 3260)
-    elif url.scheme == "file" and url.path:
-        path = Path(url.path)
-    else:
-        raise InvalidInput(
-            f"volume {want.volume_id}: cannot open {want.url!r}",
-            hint="the volume's host exports iscsi:// or file:// URLs only",
-        )
+    path, network = _open_url(want.volume_id, want.url)
     return VolumeAttachment(
         volume_id=want.volume_id,
         index=want.index,
@@ -382,6 +376,54 @@ def remote_attachment(want: DesiredAttachment) -> VolumeAttachment:
         network=network,
         readonly=want.readonly,
         shareable=want.shareable,
+    )
+
+
+def boot_disk(volumes: InstanceVolumes | None, inst: DesiredInstance) -> DiskSpec | None:
+    """The boot disk of ``inst`` if it boots from a volume: of another host's pool (a node
+    without a pool of its own can open it too) or of this node's pool."""
+    if inst.boot_volume and inst.boot_volume_remote:
+        return remote_boot_disk(inst)
+    return volumes.boot_disk(inst) if volumes is not None else None
+
+
+def boot_wait_reason(inst: DesiredInstance) -> str:
+    """Why ``inst`` cannot be defined yet ("": it can): its boot volume is in another host's
+    pool, which has not exported it to this host yet."""
+    if inst.boot_volume and inst.boot_volume_remote and not inst.boot_volume_url:
+        return f"waiting for the host of boot volume {inst.boot_volume} to export it to this host"
+    return ""
+
+
+def remote_boot_disk(inst: DesiredInstance) -> DiskSpec:
+    """The boot disk (``vda``) of an instance booting from a volume of another host's pool,
+    opened at ``inst.boot_volume_url`` (no pool of this node involved)."""
+    volume_id = inst.boot_volume or ""
+    if not inst.boot_volume_url:
+        raise Conflict(  # boot_wait_reason keeps the reconciler from getting here
+            f"boot volume {volume_id} is not exported to this host yet",
+            hint="its host exports it on its next pass",
+        )
+    path, network = _open_url(volume_id, inst.boot_volume_url)
+    return DiskSpec(
+        path=path if path is not None else Path(),
+        format=inst.boot_volume_format,
+        target="vda",
+        boot_order=1,
+        network=network,
+    )
+
+
+def _open_url(volume_id: str, url_text: str | None) -> tuple[Path | None, NetworkSource | None]:
+    url = urlsplit(url_text or "")
+    if url.scheme == "iscsi" and url.hostname and url.path.strip("/"):
+        target = url.path.strip("/")
+        return None, NetworkSource("iscsi", target, url.hostname, url.port or 3260)
+    if url.scheme == "file" and url.path:
+        return Path(url.path), None
+    raise InvalidInput(
+        f"volume {volume_id}: cannot open {url_text!r}",
+        hint="the volume's host exports iscsi:// or file:// URLs only",
     )
 
 

@@ -189,6 +189,12 @@ class DesiredInstance(Wire):
     volumes: list[DesiredAttachment] = Field(default_factory=list)
     #: boot from this volume of the node's pool instead of an overlay on the image
     boot_volume: str | None = None
+    #: the boot volume is in another host's (shared) pool: open it at ``boot_volume_url``
+    #: (``iscsi://portal:port/iqn/lun`` or ``file:///path``); no url yet: that host has not
+    #: exported it to this one, and the instance waits
+    boot_volume_remote: bool = False
+    boot_volume_url: str | None = None
+    boot_volume_format: str = "raw"
     #: NICs on virtual networks, by index (none: the user-mode NIC only)
     nics: list[DesiredNic] = Field(default_factory=list)
     #: host ports forwarded to this instance (PAT)

@@ -21,6 +21,7 @@ from stratuslab.schemas.agent import (
 )
 from stratuslab.services import events, mobility, network_desired, networks, operations, volumes
 from stratuslab.services.instances import mark_deleted
+from stratuslab.services.volume_agent import fill_remote_boot
 from stratuslab.types import DesiredState as Desired
 from stratuslab.types import InstanceStatus
 
@@ -53,6 +54,7 @@ def desired_state(
         items, [r for r in rows if not mobility.held_back(r[0])], strict=True
     ):
         item.migrating_away = mobility.live_role(inst, host.id) == "leaving"
+    fill_remote_boot(session, host, items)  # boot volumes of other hosts' shared pools
     items += _incoming(session, host, stop_timeout, egress)
     state = DesiredState(
         host_id=host.id,

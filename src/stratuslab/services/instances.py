@@ -187,13 +187,13 @@ def _scheduling(req: InstanceCreate, default_ha: str) -> dict[str, Any]:
 
 
 def _volume_host(s: Session, principal: Principal, req: InstanceCreate) -> str | None:
-    """The host the instance must run on because its volumes are in that host's local pool
-    (a boot volume, for now, always; a data volume unless its pool is shared)."""
+    """The host the instance must run on because its volumes (boot or data) are in that
+    host's local pool; volumes in shared pools (iSCSI, shared mounts) are opened anywhere."""
     pins: dict[str, str] = {}
-    refs = [(req.boot_volume, True)] if req.boot_volume else []
-    for ref, boot in [*refs, *((r, False) for r in req.volumes)]:
+    refs = [req.boot_volume] if req.boot_volume else []
+    for ref in [*refs, *req.volumes]:
         vol = get_volume(s, principal, ref)
-        if vol.host_id and (boot or not pool_shared(s, vol.host_id)):
+        if vol.host_id and not pool_shared(s, vol.host_id):
             pins.setdefault(vol.host_id, vol.name)
     if len(pins) > 1:
         raise Conflict(

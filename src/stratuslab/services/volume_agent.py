@@ -12,6 +12,7 @@ from stratuslab.db.models import Host, Instance, Volume, VolumeAttachment, utcno
 from stratuslab.drivers.base import volume_target
 from stratuslab.schemas.agent import (
     DesiredAttachment,
+    DesiredInstance,
     DesiredVolume,
     ImageRef,
     ObservedInstance,
@@ -34,7 +35,7 @@ from stratuslab.services.volume_states import (
     settle,
     touch_pool,
 )
-from stratuslab.types import InstanceStatus
+from stratuslab.types import HostState, InstanceStatus
 
 
 def desired_volumes(session: Session, host: Host) -> list[DesiredVolume]:
@@ -112,13 +113,36 @@ def desired_attachments(
             volume_id=att.volume_id, index=att.index, readonly=vol.readonly, shareable=vol.readonly
         )
         if vol.host_id != host_id:
-            export = vol.source.get("export") or {}
-            ready = host_name in (export.get("hosts") or ()) and export.get("url")
             want.remote = True
-            want.url = str(export["url"]) if ready else None
-            want.format = str(export.get("format") or "raw")
+            want.url, want.format = _export_for(vol, host_name)
         out.setdefault(att.instance_id, []).append(want)
     return out
+
+
+def _export_for(vol: Volume, host_name: str | None) -> tuple[str | None, str]:
+    """Where ``host_name`` opens ``vol`` of another host's pool: the URL once that pool has
+    reported it exported there (None until then), and the format."""
+    export = vol.source.get("export") or {}
+    ready = host_name in (export.get("hosts") or ()) and export.get("url")
+    return (str(export["url"]) if ready else None), str(export.get("format") or "raw")
+
+
+def fill_remote_boot(session: Session, host: Host, items: list[DesiredInstance]) -> None:
+    """Instances of ``host`` booting from a volume of another host's (shared) pool open it
+    at the URL that pool reported (``boot_volume_url``; None: not exported here yet)."""
+    ids = [i.boot_volume for i in items if i.boot_volume]
+    if not ids:
+        return
+    remote = {
+        v.id: v
+        for v in session.scalars(select(Volume).where(Volume.id.in_(ids)))
+        if v.host_id != host.id
+    }
+    for item in items:
+        vol = remote.get(item.boot_volume or "")
+        if vol is not None:
+            item.boot_volume_remote = True
+            item.boot_volume_url, item.boot_volume_format = _export_for(vol, host.name)
 
 
 def apply_report(session: Session, host: Host, report: Report) -> list[str]:
@@ -138,6 +162,8 @@ def apply_report(session: Session, host: Host, report: Report) -> list[str]:
             touched[vol.id] = vol
             if error is not None:
                 failures[vol.id] = error
+    live = [o.id for o in report.instances if o.status != InstanceStatus.DELETED.value]
+    _ask_exports(session, host, live)
     return evaluate_operations(session, touched, failures)
 
 
@@ -183,6 +209,20 @@ def _observe_export(session: Session, vol: Volume, obs: ObservedVolume) -> dict[
                 if host is not None:
                     host.desired_generation += 1
                 notify_later(session, f"host:{inst.host_id}")
+    if obs.export_error != vol.source.get("export_error", ""):
+        # said once per new error: instances booting from it wait for the export meanwhile
+        source = {k: v for k, v in vol.source.items() if k != "export_error"}
+        vol.source = {**source, "export_error": obs.export_error} if obs.export_error else source
+        if obs.export_error:
+            events.record(
+                session,
+                "volume.export_failed",
+                f"volume {vol.name}: exporting it to other hosts failed: {obs.export_error}",
+                level="error",
+                host_id=vol.host_id,
+                project_id=vol.project_id,
+                data={"volume_id": vol.id},
+            )
     if not obs.export_error:
         return None
     problem: dict[str, Any] | None = None
@@ -270,6 +310,38 @@ def _observe_instance(
             settle(session, vol)
         changed.append((vol, problem))
     return changed
+
+
+def _ask_exports(session: Session, host: Host, instance_ids: list[str]) -> None:
+    """Instances of ``host`` that need a volume of another host's pool (a boot volume, an
+    attachment) not exported to ``host`` yet: wake that pool's host. Level-triggered (one
+    query per report), for the ways an instance comes to a host without the volume services
+    hearing of it: a pending instance placed later, an HA restart elsewhere."""
+    if not instance_ids:
+        return
+    rows = session.execute(
+        select(Volume.host_id, Volume.source)
+        .join(VolumeAttachment, VolumeAttachment.volume_id == Volume.id)
+        .join(Instance, Instance.id == VolumeAttachment.instance_id)
+        .join(Host, Host.id == Volume.host_id)
+        .where(
+            VolumeAttachment.instance_id.in_(instance_ids),
+            VolumeAttachment.state != AttachState.DETACHING.value,
+            Instance.host_id == host.id,
+            Volume.host_id != host.id,
+            Host.state != HostState.OFFLINE.value,  # nothing to wake there
+        )
+    )
+    pools = {
+        pool_id
+        for pool_id, source in rows
+        if pool_id and host.name not in (((source or {}).get("export") or {}).get("hosts") or ())
+    }
+    for pool_id in sorted(pools):
+        pool = session.get(Host, pool_id)
+        if pool is not None:
+            pool.desired_generation += 1
+        notify_later(session, f"host:{pool_id}")
 
 
 def _attach_failed(
