@@ -188,6 +188,10 @@ class NodeSettings:
     labels: str = ""
     #: libvirt URI other hosts live-migrate to this one through (empty: no live migration)
     migration_uri: str = ""
+    #: seconds without the controller after which this node powers off its instances whose
+    #: HA policy (restart, migrate) lets the controller start them elsewhere; keep it below
+    #: the controller's heartbeat_grace + ha_delay (0: never)
+    self_fence_after: float = 40.0
     #: where live-migration streams to this host go (e.g. tcp://10.0.0.2 on the migration
     #: network); empty: the address this host's name resolves to
     migration_stream: str = ""

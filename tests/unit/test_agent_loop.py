@@ -11,8 +11,8 @@ from stratuslab.agent.reconcile import Reconciler
 from stratuslab.agent.workspace import FakeWorkspace
 from stratuslab.drivers.fake import FakeComputeDriver
 from stratuslab.errors import ServiceUnavailable
-from stratuslab.schemas.agent import DesiredState, Report, ReportAck
-from stratuslab.types import Hypervisor
+from stratuslab.schemas.agent import DesiredInstance, DesiredState, ImageRef, Report, ReportAck
+from stratuslab.types import Hypervisor, PowerState
 
 
 class Link:
@@ -80,3 +80,103 @@ def test_stop_during_a_long_poll_ends_the_agent_at_once() -> None:
     assert agent.stopping.is_set() and not agent.polling
     agent.stop()  # outside a long-poll: only flags the stop
     assert agent.stopping.is_set()
+
+
+CATTLE = "00000000-0000-4000-8000-00000000ca77"
+PET = "00000000-0000-4000-8000-000000000be7"
+
+
+def _desired(*instances: DesiredInstance) -> DesiredState:
+    return DesiredState(host_id="h", generation=3, instances=list(instances))
+
+
+def _instance(iid: str, ha: str) -> DesiredInstance:
+    return DesiredInstance(
+        id=iid,
+        name=iid,
+        hostname=iid,
+        generation=1,
+        desired="running",
+        vcpus=1,
+        memory_mib=128,
+        image=ImageRef(id="img", sha256="0" * 64, format="qcow2", size_bytes=1),
+        ssh_port=None,
+        ssh_keys=[],
+        user_data=None,
+        reboot_seq=0,
+        reboot_hard=False,
+        stop_timeout=1.0,
+        ha_policy=ha,
+    )
+
+
+class FlakyLink(Link):
+    """Answers with ``state``, or is unreachable while ``down``."""
+
+    def __init__(self, state: DesiredState) -> None:
+        super().__init__()
+        self.state = state
+        self.down = False
+        self.reports: list[Report] = []
+
+    def desired(self, *, since: int, wait: float) -> DesiredState:
+        if self.down:
+            raise ServiceUnavailable("controller unreachable", hint="retry")
+        return self.state
+
+    def report(self, report: Report) -> ReportAck:
+        self.reports.append(report)
+        return ReportAck()
+
+
+def test_a_node_cut_off_from_the_controller_powers_off_its_ha_instances() -> None:
+    cattle, pet = _instance(CATTLE, "restart"), _instance(PET, "none")
+    link = FlakyLink(_desired(cattle, pet))
+    now = [0.0]
+    driver = FakeComputeDriver()
+    workspace = FakeWorkspace()
+    reconciler = Reconciler(driver, workspace, FakeImageCache(), hypervisor=Hypervisor.QEMU)
+    agent = Agent(
+        link,  # type: ignore[arg-type]
+        reconciler,
+        workspace,
+        lambda: host_capacity(driver, Path("/")),
+        self_fence_after=40.0,
+        clock=lambda: now[0],
+    )
+    agent.step(wait=0)
+    assert driver.state(CATTLE) is PowerState.RUNNING
+    link.down = True
+    now[0] = 30.0
+    agent.self_fence()  # not yet: the controller waits longer than this before HA acts
+    assert driver.state(CATTLE) is PowerState.RUNNING
+    now[0] = 41.0
+    agent.self_fence()
+    assert driver.state(CATTLE) is PowerState.SHUTOFF  # it may be started elsewhere now
+    assert driver.state(PET) is PowerState.RUNNING  # HA none: waits for its host
+    # the controller is back and still wants cattle here: started again, and told
+    link.down = False
+    agent.step(wait=0)
+    assert driver.state(CATTLE) is PowerState.RUNNING
+    assert [e.kind for e in link.reports[-1].events].count("host.self_fenced") == 1
+    observed = {o.id: o.status for o in link.reports[-1].instances}
+    assert observed == {CATTLE: "running", PET: "running"}
+
+
+def test_self_fencing_off_by_setting_zero() -> None:
+    link = FlakyLink(_desired(_instance(CATTLE, "restart")))
+    now = [0.0]
+    driver = FakeComputeDriver()
+    workspace = FakeWorkspace()
+    reconciler = Reconciler(driver, workspace, FakeImageCache(), hypervisor=Hypervisor.QEMU)
+    agent = Agent(
+        link,  # type: ignore[arg-type]
+        reconciler,
+        workspace,
+        lambda: host_capacity(driver, Path("/")),
+        clock=lambda: now[0],
+    )
+    agent.step(wait=0)
+    now[0] = 10_000.0
+    agent.self_fence()
+    assert driver.state(CATTLE) is PowerState.RUNNING

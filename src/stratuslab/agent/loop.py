@@ -16,7 +16,14 @@ from stratuslab.agent.reconcile import Reconciler
 from stratuslab.agent.workspace import Workspace
 from stratuslab.drivers.base import ComputeDriver
 from stratuslab.errors import InvalidInput, ServiceUnavailable, StratusError, Unauthorized
-from stratuslab.schemas.agent import ConsoleChunk, Heartbeat, HostCapacity, Report
+from stratuslab.schemas.agent import (
+    AgentEvent,
+    ConsoleChunk,
+    DesiredInstance,
+    Heartbeat,
+    HostCapacity,
+    Report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +120,18 @@ class Agent:
         heartbeat_interval: float = 10.0,
         resync_interval: float = 15.0,
         cached_images: Callable[[], list[str]] | None = None,
+        self_fence_after: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        #: seconds without the controller after which instances that HA would restart
+        #: elsewhere are powered off here (0: never); see :meth:`self_fence`
+        self.self_fence_after = self_fence_after
+        self.clock = clock
+        #: when the controller last answered, and what it last wanted here
+        self.last_contact = clock()
+        self.last_desired: list[DesiredInstance] = []
+        #: events to send with the next report (made while the controller was away)
+        self.pending_events: list[AgentEvent] = []
         self.cached_images = cached_images or list
         self.link = link
         self.reconciler = reconciler
@@ -145,10 +163,28 @@ class Agent:
                 log.warning("%s; retrying", exc.message)
                 # the controller may have restarted: ask for the full state at once
                 self.generation = -1
+                self.self_fence()
                 self.stopping.wait(2.0)
             except StratusError as exc:
                 log.error("reconcile pass failed: %s", exc)
                 self.stopping.wait(2.0)
+
+    def self_fence(self) -> None:
+        """Cut off from the controller for ``self_fence_after`` seconds: power off the
+        instances whose HA policy lets the controller restart them elsewhere, so that they
+        never run twice (the controller waits ``heartbeat_grace`` + ``ha_delay`` before it
+        does; keep ``self_fence_after`` below that). Their disks stay: if the controller
+        still wants them here when it answers again, they are started again."""
+        if self.self_fence_after <= 0:
+            return
+        if self.clock() - self.last_contact < self.self_fence_after:
+            return
+        for inst in self.last_desired:
+            if inst.ha_policy in ("restart", "migrate") and inst.desired != "deleted":
+                event = self.reconciler.self_fence(inst.id)
+                if event is not None:
+                    log.warning("%s", event.message)
+                    self.pending_events.append(event)
 
     def stop(self) -> None:
         """From a signal handler: stop after the current pass; during a long-poll, at once
@@ -166,7 +202,10 @@ class Agent:
             desired = self.link.desired(since=self.generation, wait=wait)
         finally:
             self.polling = False
-        report = Report()
+        self.last_contact = self.clock()
+        self.last_desired = list(desired.instances)
+        report = Report(events=self.pending_events)
+        self.pending_events = []
         now = time.monotonic()
         # Fencing first: an instance no longer meant for this host (moved away while the host
         # was cut off, or deleted) is destroyed before anything else runs here.

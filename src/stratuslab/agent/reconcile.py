@@ -219,11 +219,14 @@ class Reconciler:
                 )
             )
         elif state is PowerState.SHUTOFF or state is PowerState.CRASHED:
-            if local.get("generation") == inst.generation:
+            fenced = bool(local.pop("self_fenced", False))
+            if local.get("generation") == inst.generation and not fenced:
                 return Result(
                     self._observed(inst, InstanceStatus.STOPPED, "the guest powered itself off")
                 )
             self.driver.start(inst.id)
+            if fenced:
+                self.workspace.write_state(inst.id, local)
             events.append(
                 AgentEvent(kind="instance.started", instance_id=inst.id, message="domain started")
             )
@@ -351,6 +354,23 @@ class Reconciler:
             ]
         self._mark_applied(inst)
         return [done]
+
+    def self_fence(self, instance_id: str) -> AgentEvent | None:
+        """Power the instance off (disks kept) because this host lost the controller and HA
+        may start it elsewhere; it is started again if the controller still wants it here."""
+        if self.driver.state(instance_id) not in (PowerState.RUNNING, PowerState.PAUSED):
+            return None
+        state = self.workspace.read_state(instance_id)
+        state["self_fenced"] = True
+        self.workspace.write_state(instance_id, state)
+        self.driver.destroy(instance_id)
+        return AgentEvent(
+            kind="host.self_fenced",
+            level="warning",
+            instance_id=instance_id,
+            message=f"powered off instance {instance_id}: the controller was unreachable and "
+            "its HA policy may restart it on another host",
+        )
 
     def _cleanup(self, instance_id: str) -> None:
         with contextlib.suppress(StratusError):

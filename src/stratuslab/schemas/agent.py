@@ -202,6 +202,9 @@ class DesiredInstance(Wire):
     reboot_seq: int
     reboot_hard: bool
     stop_timeout: float
+    #: HA policy (none, restart, migrate): the node powers off restart/migrate instances
+    #: when it has lost the controller for long (self-fencing)
+    ha_policy: str = "none"
     #: live migration: pull the running instance here from the hypervisor at this URI
     migrate_from: str | None = None
     #: live migration: it is leaving this host; leave its domain alone meanwhile

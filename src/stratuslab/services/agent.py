@@ -150,6 +150,7 @@ def _desired_instance(
         boot_volume=spec.get("boot_volume"),
         egress=egress,
         reboot_seq=inst.reboot_seq,
+        ha_policy=inst.ha_policy,
         reboot_hard=inst.reboot_hard,
         stop_timeout=stop_timeout,
     )
