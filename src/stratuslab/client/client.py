@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
-from urllib.parse import quote
+from typing import Any
 
 import httpx
 import pydantic
 
+from stratuslab.client.http import JsonHttp, Server, bad_response
+from stratuslab.client.http import seg as _seg
 from stratuslab.errors import (
     Conflict,
     Forbidden,
@@ -49,7 +49,6 @@ UPLOAD_CHUNK = 1024 * 1024
 POLL_SECONDS = 2.0
 UPLOAD_READ_SECONDS = 600.0
 
-M = TypeVar("M", bound=pydantic.BaseModel)
 ProgressCallback = Callable[[Operation], None]
 
 #: error classes for error responses that do not carry the StratusLab envelope
@@ -66,8 +65,39 @@ _PLAIN_STATUS_ERRORS: dict[int, type[StratusError]] = {
 }
 
 
-class StratusClient:
+def _plain_error(status: int, message: str, body: Any) -> StratusError:
+    if isinstance(body, dict) and "detail" in body:
+        message += f": {_detail_text(body['detail'])}"
+    cls = _PLAIN_STATUS_ERRORS.get(status, StratusError)
+    hint = CONNECT_HINT if cls is ServiceUnavailable else ""
+    return cls(message, hint=hint, details={"status": status})
+
+
+def _detail_text(detail: Any) -> str:
+    """FastAPI's default error bodies: a string, or a list of validation problems."""
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []))
+                parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg")))
+        return "; ".join(parts)
+    return str(detail)
+
+
+CONTROLLER = Server(
+    name="controller",
+    connect_hint=CONNECT_HINT,
+    bad_response_hint="the client and the controller versions may differ",
+    plain_error=_plain_error,
+    timeout_message=True,
+)
+
+
+class StratusClient(JsonHttp):
     """Talks to one controller. ``transport`` or ``http`` replace the network in tests."""
+
+    server = CONTROLLER
 
     def __init__(
         self,
@@ -79,27 +109,8 @@ class StratusClient:
         http: httpx.Client | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
-        self.token = token
         self.timeout = timeout
-        self._owns_http = http is None
-        self._http = http or httpx.Client(transport=transport, timeout=timeout)
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def close(self) -> None:
-        if self._owns_http:
-            self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().__init__(token=token, timeout=timeout, transport=transport, http=http)
 
     # -- service ---------------------------------------------------------------------------
 
@@ -346,51 +357,16 @@ class StratusClient:
         timeout: float | httpx.Timeout | None = None,
     ) -> httpx.Response:
         """``timeout`` None means the client's default."""
-        all_headers = {"Accept": "application/json", **(headers or {})}
-        if self.token:
-            all_headers["Authorization"] = f"Bearer {self.token}"
-        url = f"{self.endpoint}/api/v1{path}"
-        # an injected client (tests, TestClient) keeps its own timeouts
-        options: dict[str, Any] = {}
-        if self._owns_http:
-            options["timeout"] = self.timeout if timeout is None else timeout
-        try:
-            response = self._http.request(
-                method,
-                url,
-                params=params,
-                json=json,
-                content=content,
-                headers=all_headers,
-                **options,
-            )
-        except httpx.TimeoutException as exc:
-            raise ServiceUnavailable(
-                f"the controller at {self.endpoint} did not answer in time ({exc})",
-                hint=CONNECT_HINT,
-            ) from exc
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(
-                f"cannot reach the controller at {self.endpoint} ({exc})", hint=CONNECT_HINT
-            ) from exc
-        if response.is_error:
-            raise _error_from_response(response)
-        return response
-
-    def _parse(self, model: type[M], response: httpx.Response) -> M:
-        try:
-            return model.model_validate(response.json())
-        except (ValueError, pydantic.ValidationError) as exc:
-            raise _bad_response(response.url.path, str(exc)) from exc
-
-    def _parse_list(self, model: type[M], response: httpx.Response) -> list[M]:
-        try:
-            body = response.json()
-            if not isinstance(body, list):
-                raise ValueError("expected a JSON list")
-            return [model.model_validate(item) for item in body]
-        except (ValueError, pydantic.ValidationError) as exc:
-            raise _bad_response(response.url.path, str(exc)) from exc
+        return self._send(
+            method,
+            f"{self.endpoint}/api/v1{path}",
+            where=self.endpoint,
+            params=params,
+            json=json,
+            content=content,
+            headers=headers,
+            timeout=self.timeout if timeout is None else timeout,
+        )
 
 
 def _finished(operation: Operation) -> Operation:
@@ -403,40 +379,8 @@ def _finished(operation: Operation) -> Operation:
     return operation
 
 
-def _error_from_response(response: httpx.Response) -> StratusError:
-    status = response.status_code
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return error_from_dict(body["error"], status)
-    message = f"{response.request.method} {response.request.url.path} failed: HTTP {status}"
-    if isinstance(body, dict) and "detail" in body:
-        message += f": {_detail_text(body['detail'])}"
-    cls = _PLAIN_STATUS_ERRORS.get(status, StratusError)
-    hint = CONNECT_HINT if cls is ServiceUnavailable else ""
-    return cls(message, hint=hint, details={"status": status})
-
-
-def _detail_text(detail: Any) -> str:
-    """FastAPI's default error bodies: a string, or a list of validation problems."""
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict):
-                loc = ".".join(str(p) for p in item.get("loc", []))
-                parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg")))
-        return "; ".join(parts)
-    return str(detail)
-
-
 def _bad_response(path: str, why: str) -> StratusError:
-    return StratusError(
-        f"unexpected response from the controller for {path}: {why}",
-        hint="the client and the controller versions may differ",
-        code="bad_response",
-    )
+    return bad_response(CONTROLLER, path, why)
 
 
 def _read_chunks(path: Path, on_bytes: Callable[[int], None] | None) -> Iterator[bytes]:
@@ -453,8 +397,3 @@ def _params(**values: Any) -> dict[str, Any]:
 
 def _seconds(value: float) -> str:
     return f"{value:g}"
-
-
-def _seg(ref: str) -> str:
-    """One URL path segment, quoted."""
-    return quote(ref, safe="")

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from stratuslab.client.client import StratusClient, _params, _seg
+from stratuslab.client.client import StratusClient, _params
+from stratuslab.client.http import seg as _seg
 from stratuslab.schemas.identity import (
     AuditRecord,
     IdentityLink,
@@ -82,39 +83,33 @@ class Identity:
 
     def list_tokens(self, *, user: str | None = None, revoked: bool = False) -> list[Token]:
         params = _params(user=user, revoked="true" if revoked else None)
-        return self.client._parse_list(
-            Token, self.client._request("GET", "/auth/tokens", params=params)
-        )
+        return self._list(Token, "/auth/tokens", params)
 
     def revoke_token(self, token_id: str) -> None:
         self.client._request("DELETE", f"/auth/tokens/{_seg(token_id)}")
 
     def whoami(self) -> WhoAmI:
-        return self.client._parse(WhoAmI, self.client._request("GET", "/auth/whoami"))
+        return self._get(WhoAmI, "/auth/whoami")
 
     # -- projects --------------------------------------------------------------------------
 
     def list_projects(self) -> list[Project]:
-        return self.client._parse_list(Project, self.client._request("GET", "/projects"))
+        return self._list(Project, "/projects")
 
     def create_project(self, spec: ProjectCreate) -> Project:
         return self._post(Project, "/projects", spec)
 
     def get_project(self, ref: str) -> Project:
-        return self.client._parse(Project, self.client._request("GET", f"/projects/{_seg(ref)}"))
+        return self._get(Project, f"/projects/{_seg(ref)}")
 
     def update_project(self, ref: str, spec: ProjectUpdate) -> Project:
-        response = self.client._request(
-            "PATCH", f"/projects/{_seg(ref)}", json=spec.model_dump(exclude_unset=True)
-        )
-        return self.client._parse(Project, response)
+        return self._change(Project, "PATCH", f"/projects/{_seg(ref)}", spec)
 
     def delete_project(self, ref: str) -> None:
         self.client._request("DELETE", f"/projects/{_seg(ref)}")
 
     def members(self, ref: str) -> list[Member]:
-        response = self.client._request("GET", f"/projects/{_seg(ref)}/members")
-        return self.client._parse_list(Member, response)
+        return self._list(Member, f"/projects/{_seg(ref)}/members")
 
     def set_member(self, ref: str, user: str, role: str) -> Member:
         response = self.client._request(
@@ -130,26 +125,22 @@ class Identity:
     # -- users -----------------------------------------------------------------------------
 
     def list_users(self) -> list[User]:
-        return self.client._parse_list(User, self.client._request("GET", "/users"))
+        return self._list(User, "/users")
 
     def create_user(self, spec: UserCreate) -> User:
         return self._post(User, "/users", spec)
 
     def get_user(self, ref: str) -> User:
-        return self.client._parse(User, self.client._request("GET", f"/users/{_seg(ref)}"))
+        return self._get(User, f"/users/{_seg(ref)}")
 
     def update_user(self, ref: str, spec: UserUpdate) -> User:
-        response = self.client._request(
-            "PATCH", f"/users/{_seg(ref)}", json=spec.model_dump(exclude_unset=True)
-        )
-        return self.client._parse(User, response)
+        return self._change(User, "PATCH", f"/users/{_seg(ref)}", spec)
 
     def disable_user(self, ref: str) -> None:
         self.client._request("DELETE", f"/users/{_seg(ref)}")
 
     def identities(self, ref: str) -> list[UserIdentity]:
-        response = self.client._request("GET", f"/users/{_seg(ref)}/identities")
-        return self.client._parse_list(UserIdentity, response)
+        return self._list(UserIdentity, f"/users/{_seg(ref)}/identities")
 
     def link(self, ref: str, kind: str, subject: str) -> UserIdentity:
         body = IdentityLink.model_validate({"kind": kind, "subject": subject})
@@ -159,8 +150,7 @@ class Identity:
         self.client._request("DELETE", f"/users/{_seg(ref)}/identities/{_seg(identity_id)}")
 
     def registrations(self, status: str | None = None) -> list[Registration]:
-        response = self.client._request("GET", "/registrations", params=_params(status=status))
-        return self.client._parse_list(Registration, response)
+        return self._list(Registration, "/registrations", _params(status=status))
 
     def decide(self, reg_id: str, approve: bool, decision: RegistrationDecision) -> Registration:
         verb = "approve" if approve else "reject"
@@ -169,14 +159,10 @@ class Identity:
     # -- quotas, usage, audit --------------------------------------------------------------
 
     def quota(self, scope: str, ref: str) -> Quota:
-        response = self.client._request("GET", f"/quotas/{scope}s/{_seg(ref)}")
-        return self.client._parse(Quota, response)
+        return self._get(Quota, f"/quotas/{scope}s/{_seg(ref)}")
 
     def set_quota(self, scope: str, ref: str, changes: QuotaSet) -> Quota:
-        response = self.client._request(
-            "PUT", f"/quotas/{scope}s/{_seg(ref)}", json=changes.model_dump(exclude_unset=True)
-        )
-        return self.client._parse(Quota, response)
+        return self._change(Quota, "PUT", f"/quotas/{scope}s/{_seg(ref)}", changes)
 
     def usage(
         self,
@@ -185,10 +171,9 @@ class Identity:
         start: datetime | None = None,
         end: datetime | None = None,
     ) -> list[UsageRecord]:
-        response = self.client._request(
-            "GET", "/usage", params=self._period(project=project, start=start, end=end)
+        return self._list(
+            UsageRecord, "/usage", self._period(project=project, start=start, end=end)
         )
-        return self.client._parse_list(UsageRecord, response)
 
     def usage_text(
         self,
@@ -207,9 +192,7 @@ class Identity:
         self, *, user: str | None = None, after: int = 0, limit: int = 100
     ) -> list[AuditRecord]:
         params = _params(user=user, after=after or None, limit=limit)
-        return self.client._parse_list(
-            AuditRecord, self.client._request("GET", "/audit", params=params)
-        )
+        return self._list(AuditRecord, "/audit", params)
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -224,6 +207,17 @@ class Identity:
                 "to": end.isoformat() if end else None,
             },
         )
+
+    def _get(self, model: type[M], path: str) -> M:
+        return self.client._parse(model, self.client._request("GET", path))
+
+    def _list(self, model: type[M], path: str, params: dict[str, Any] | None = None) -> list[M]:
+        return self.client._parse_list(model, self.client._request("GET", path, params=params))
+
+    def _change(self, model: type[M], method: str, path: str, changes: BaseModel) -> M:
+        """PATCH or PUT the fields set in ``changes``."""
+        response = self.client._request(method, path, json=changes.model_dump(exclude_unset=True))
+        return self.client._parse(model, response)
 
     def _post(self, model: type[M], path: str, body: BaseModel) -> M:
         response = self.client._request(

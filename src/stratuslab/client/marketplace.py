@@ -12,29 +12,33 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self, TypeVar
-from urllib.parse import quote
+from typing import Any
 
 import httpx
-import pydantic
 
 from stratuslab.client.client import StratusClient
-from stratuslab.errors import (
-    Conflict,
-    InvalidInput,
-    NotFound,
-    ServiceUnavailable,
-    StratusError,
-    error_from_dict,
-)
+from stratuslab.client.http import JsonHttp, Server, bad_response
+from stratuslab.client.http import seg as _seg
+from stratuslab.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable, StratusError
 from stratuslab.marketplace.schemas import Endorser, Entry, Feed
 from stratuslab.marketplace.schemas import SignedEntry as SignedEntryWire
 from stratuslab.schemas.common import Page
 
-M = TypeVar("M", bound=pydantic.BaseModel)
 HINT = "is the marketplace running, and is the URL right (e.g. http://host:8771)?"
 _PLAIN = {404: NotFound, 409: Conflict, 413: InvalidInput, 415: InvalidInput, 422: InvalidInput}
+
+
+def _plain_error(status: int, message: str, body: Any) -> StratusError:
+    cls = _PLAIN.get(status, ServiceUnavailable if status >= 500 else StratusError)
+    return cls(message, hint=HINT if status in (404, 502, 503) else "")
+
+
+MARKETPLACE = Server(
+    name="marketplace",
+    connect_hint=HINT,
+    bad_response_hint="is this URL a StratusLab marketplace?",
+    plain_error=_plain_error,
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,10 @@ class SignedBytes:
     signature_format: str
 
 
-class MarketplaceClient:
+class MarketplaceClient(JsonHttp):
     """One marketplace. ``url`` is where ``/marketplace/...`` is found."""
+
+    server = MARKETPLACE
 
     def __init__(
         self,
@@ -61,29 +67,12 @@ class MarketplaceClient:
     ) -> None:
         base = url.rstrip("/")
         self.url = base.removesuffix("/marketplace")
-        self.token = token
-        self._owns_http = http is None
-        self._http = http or httpx.Client(transport=transport, timeout=timeout)
+        super().__init__(token=token, timeout=timeout, transport=transport, http=http)
 
     @classmethod
     def of_controller(cls, client: StratusClient) -> MarketplaceClient:
         """The marketplace of the controller ``client`` talks to, over the same connection."""
         return cls(f"{client.endpoint}/api/v1", token=client.token, http=client._http)
-
-    def close(self) -> None:
-        if self._owns_http:
-            self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -178,57 +167,10 @@ class MarketplaceClient:
         params: dict[str, Any] | None = None,
         json: Any = None,
     ) -> httpx.Response:
-        headers = {"Accept": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
         query = {k: v for k, v in (params or {}).items() if v is not None}
         url = f"{self.url}/marketplace{path}"
-        try:
-            response = self._http.request(method, url, params=query, json=json, headers=headers)
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(
-                f"cannot reach the marketplace at {self.url} ({exc})", hint=HINT
-            ) from exc
-        if response.is_error:
-            raise _error(response)
-        return response
-
-    def _parse(self, model: type[M], response: httpx.Response) -> M:
-        try:
-            return model.model_validate(response.json())
-        except (ValueError, pydantic.ValidationError) as exc:
-            raise _bad_response(response.url.path, str(exc)) from exc
-
-    def _parse_list(self, model: type[M], response: httpx.Response) -> list[M]:
-        try:
-            body = response.json()
-            if not isinstance(body, list):
-                raise ValueError("expected a JSON list")
-            return [model.model_validate(item) for item in body]
-        except (ValueError, pydantic.ValidationError) as exc:
-            raise _bad_response(response.url.path, str(exc)) from exc
-
-
-def _error(response: httpx.Response) -> StratusError:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return error_from_dict(body["error"], response.status_code)
-    status = response.status_code
-    cls = _PLAIN.get(status, ServiceUnavailable if status >= 500 else StratusError)
-    message = f"{response.request.method} {response.request.url.path} failed: HTTP {status}"
-    return cls(message, hint=HINT if status in (404, 502, 503) else "")
+        return self._send(method, url, where=self.url, params=query, json=json)
 
 
 def _bad_response(path: str, why: str) -> StratusError:
-    return StratusError(
-        f"unexpected response from the marketplace for {path}: {why}",
-        hint="is this URL a StratusLab marketplace?",
-        code="bad_response",
-    )
-
-
-def _seg(value: str) -> str:
-    return quote(value, safe="")
+    return bad_response(MARKETPLACE, path, why)

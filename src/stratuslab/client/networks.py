@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from stratuslab.client.client import StratusClient
+from stratuslab.client.http import seg as _seg
 from stratuslab.schemas.networks import (
     Lease,
     Network,
@@ -117,7 +117,3 @@ class NetworksApi:
 
     def remove_rule(self, group: str, rule_id: str) -> None:
         self.client._request("DELETE", f"/security-groups/{_seg(group)}/rules/{_seg(rule_id)}")
-
-
-def _seg(ref: str) -> str:
-    return quote(ref, safe="")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from stratuslab.client.client import StratusClient, _seg
+from stratuslab.client.client import StratusClient
+from stratuslab.client.http import seg as _seg
 from stratuslab.schemas.operations import Operation
 from stratuslab.schemas.volumes import Volume, VolumeAccepted, VolumeCreate
 

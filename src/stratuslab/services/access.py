@@ -26,9 +26,9 @@ fails when a route of the app is missing from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ColumnElement, and_, false, or_, select, true
 from sqlalchemy.orm import Session
@@ -241,7 +241,7 @@ def _apply(session: Session, principal: Principal, rule: Rule, params: Mapping[s
         authorize_create(principal, rule.kind)
     elif isinstance(rule, OnResource):
         ref = str(params.get(rule.param, ""))
-        _FINDERS[rule.kind](session, principal, ref, rule.action)
+        find(_LOOKUPS[rule.kind], session, principal, ref, rule.action)
 
 
 def authorize_create(principal: Principal, kind: Kind, project_id: str | None = None) -> None:
@@ -307,154 +307,165 @@ def projects_visible(principal: Principal) -> ColumnElement[bool]:
 
 # -- one resource -----------------------------------------------------------------------
 
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Whose a resource is, as :func:`authorize` needs it."""
+
+    project: str
+    visibility: Visibility
+    user: str
+
+
+@dataclass(frozen=True)
+class Lookup(Generic[R]):
+    """How one kind of resource is found by id or name, and whose it is.
+
+    ``by_id`` is the WHERE clause of the lookup by id (None: the primary key, through the
+    session); ``name`` the name column, looked up among what ``visible`` lets the caller see
+    (the acting project's first, then the oldest; None: by id only); ``list_command`` the
+    command a NotFound hints at.
+    """
+
+    kind: Kind
+    model: type[R]
+    owner: Callable[[R], Owner]
+    list_command: str
+    by_id: Callable[[str], ColumnElement[bool]] | None = None
+    name: Any = None
+    visible: Callable[[Principal], Sequence[ColumnElement[bool]]] = lambda _: ()
+    project: Any = None
+    created: Any = None
+
+
+def find(
+    lookup: Lookup[R],
+    session: Session,
+    principal: Principal,
+    ref: str,
+    action: Action = Action.READ,
+) -> R:
+    """A ``lookup.kind`` by id or name that ``principal`` may ``action``; NotFound when it
+    is missing or hidden (the kind's ``*_not_found``), Forbidden when it is visible but the
+    action is not allowed."""
+    if lookup.by_id is None:
+        row = session.get(lookup.model, ref)
+    else:
+        row = session.scalar(select(lookup.model).where(lookup.by_id(ref)))
+    if row is None and lookup.name is not None:
+        row = session.scalar(
+            select(lookup.model)
+            .where(lookup.name == ref, *lookup.visible(principal))
+            .order_by(lookup.project != principal.project_id, lookup.created)
+            .limit(1)
+        )
+    if row is None:
+        raise _missing(lookup, ref)
+    _authorize(principal, action, lookup, row, ref)
+    return row
+
+
+def visibility_of(value: str) -> Visibility:
+    """A stored visibility; unknown values are the most restrictive."""
+    try:
+        return Visibility(value)
+    except ValueError:
+        return Visibility.PRIVATE
+
+
+INSTANCES = Lookup(
+    Kind.INSTANCE,
+    Instance,
+    lambda inst: Owner(inst.project_id, Visibility.PROJECT, inst.owner_id),
+    "list",
+    name=Instance.name,
+    visible=lambda principal: (
+        Instance.status != InstanceStatus.DELETED.value,
+        instances_visible(principal),
+    ),
+    project=Instance.project_id,
+    created=Instance.created_at,
+)
+IMAGES = Lookup(
+    Kind.IMAGE,
+    Image,
+    lambda image: Owner(image.project_id, visibility_of(image.visibility), image.owner_id),
+    "image list",
+    by_id=lambda ref: and_(Image.id == ref, Image.status != ImageStatus.DELETED.value),
+    name=Image.name,
+    visible=lambda principal: (images_visible(principal),),
+    project=Image.project_id,
+    created=Image.created_at,
+)
+OPERATIONS = Lookup(
+    Kind.OPERATION,
+    Operation,
+    lambda op: Owner(op.project_id, Visibility.PROJECT, op.owner_id),
+    "list",
+)
+PROJECTS = Lookup(
+    Kind.PROJECT,
+    Project,
+    lambda project: Owner(project.id, Visibility.PROJECT, ""),
+    "project list",
+    by_id=lambda ref: (Project.id == ref) | (Project.name == ref),
+)
+_LOOKUPS: dict[Kind, Lookup[Any]] = {
+    lookup.kind: lookup for lookup in (INSTANCES, IMAGES, OPERATIONS, PROJECTS)
+}
+
 
 def find_instance(
     session: Session, principal: Principal, ref: str, action: Action = Action.READ
 ) -> Instance:
     """An instance by id or name that ``principal`` may ``action``; NotFound / Forbidden."""
-    inst = session.get(Instance, ref)
-    if inst is None:
-        inst = session.scalar(
-            select(Instance)
-            .where(
-                Instance.name == ref,
-                Instance.status != InstanceStatus.DELETED.value,
-                instances_visible(principal),
-            )
-            .order_by(Instance.project_id != principal.project_id, Instance.created_at)
-            .limit(1)
-        )
-    if inst is None:
-        raise _missing(Kind.INSTANCE, ref)
-    _authorize(
-        principal,
-        action,
-        kind=Kind.INSTANCE,
-        resource_owner_project=inst.project_id,
-        resource_visibility=Visibility.PROJECT,
-        resource_owner_user=inst.owner_id,
-        ref=ref,
-    )
-    return inst
+    return find(INSTANCES, session, principal, ref, action)
 
 
 def find_image(
     session: Session, principal: Principal, ref: str, action: Action = Action.READ
 ) -> Image:
-    image = session.scalar(
-        select(Image).where(Image.id == ref, Image.status != ImageStatus.DELETED.value)
-    )
-    if image is None:
-        image = session.scalar(
-            select(Image)
-            .where(Image.name == ref, images_visible(principal))
-            .order_by(Image.project_id != principal.project_id, Image.created_at)
-            .limit(1)
-        )
-    if image is None:
-        raise _missing(Kind.IMAGE, ref)
-    _authorize(
-        principal,
-        action,
-        kind=Kind.IMAGE,
-        resource_owner_project=image.project_id,
-        resource_visibility=_visibility(image.visibility),
-        resource_owner_user=image.owner_id,
-        ref=ref,
-    )
-    return image
+    return find(IMAGES, session, principal, ref, action)
 
 
 def find_operation(
     session: Session, principal: Principal, ref: str, action: Action = Action.READ
 ) -> Operation:
-    op = session.get(Operation, ref)
-    if op is None:
-        raise _missing(Kind.OPERATION, ref)
-    _authorize(
-        principal,
-        action,
-        kind=Kind.OPERATION,
-        resource_owner_project=op.project_id,
-        resource_visibility=Visibility.PROJECT,
-        resource_owner_user=op.owner_id,
-        ref=ref,
-    )
-    return op
+    return find(OPERATIONS, session, principal, ref, action)
 
 
 def find_project(
     session: Session, principal: Principal, ref: str, action: Action = Action.READ
 ) -> Project:
-    project = session.scalar(select(Project).where((Project.id == ref) | (Project.name == ref)))
-    if project is None:
-        raise _missing(Kind.PROJECT, ref)
-    _authorize(
-        principal,
-        action,
-        kind=Kind.PROJECT,
-        resource_owner_project=project.id,
-        resource_visibility=Visibility.PROJECT,
-        resource_owner_user="",
-        ref=ref,
-    )
-    return project
+    return find(PROJECTS, session, principal, ref, action)
 
 
-_FINDERS: dict[Kind, Callable[[Session, Principal, str, Action], object]] = {
-    Kind.INSTANCE: find_instance,
-    Kind.IMAGE: find_image,
-    Kind.OPERATION: find_operation,
-    Kind.PROJECT: find_project,
-}
-
-
-def _authorize(
-    principal: Principal,
-    action: Action,
-    *,
-    kind: Kind,
-    resource_owner_project: str,
-    resource_visibility: Visibility,
-    resource_owner_user: str,
-    ref: str,
-) -> None:
+def _authorize(principal: Principal, action: Action, lookup: Lookup[R], row: R, ref: str) -> None:
     """:func:`authorize`, with a hidden resource answered exactly like a missing one."""
+    owner = lookup.owner(row)
     try:
         authorize(
             principal,
             action,
-            kind=kind,
-            resource_owner_project=resource_owner_project,
-            resource_visibility=resource_visibility,
-            resource_owner_user=resource_owner_user,
+            kind=lookup.kind,
+            resource_owner_project=owner.project,
+            resource_visibility=owner.visibility,
+            resource_owner_user=owner.user,
             ref=ref,
         )
     except NotFound:
-        raise _missing(kind, ref) from None
+        raise _missing(lookup, ref) from None
 
 
-def _visibility(value: str) -> Visibility:
-    try:
-        return Visibility(value)
-    except ValueError:
-        return Visibility.PRIVATE  # unknown values are the most restrictive
-
-
-def _missing(kind: Kind, ref: str) -> NotFound:
+def _missing(lookup: Lookup[Any], ref: str) -> NotFound:
+    kind = lookup.kind.value
     return NotFound(
-        f"{kind.value} {ref!r} does not exist",
-        hint=f"list what you can see with `stratus {_LIST_COMMAND[kind]}`",
-        code=f"{kind.value}_not_found",
+        f"{kind} {ref!r} does not exist",
+        hint=f"list what you can see with `stratus {lookup.list_command}`",
+        code=f"{kind}_not_found",
     )
-
-
-_LIST_COMMAND = {
-    Kind.INSTANCE: "list",
-    Kind.IMAGE: "image list",
-    Kind.OPERATION: "list",
-    Kind.PROJECT: "project list",
-}
 
 
 def check_visibility_change(principal: Principal, image: Image, visibility: str) -> Visibility:
@@ -462,13 +473,5 @@ def check_visibility_change(principal: Principal, image: Image, visibility: str)
     role (everyone on the cloud will see it); the others what ``update`` needs."""
     new = Visibility(visibility)
     action = Action.MANAGE if new is Visibility.PUBLIC else Action.UPDATE
-    _authorize(
-        principal,
-        action,
-        kind=Kind.IMAGE,
-        resource_owner_project=image.project_id,
-        resource_visibility=_visibility(image.visibility),
-        resource_owner_user=image.owner_id,
-        ref=image.name,
-    )
+    _authorize(principal, action, IMAGES, image, image.name)
     return new

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 from stratuslab.db.models import Image, Instance, Operation, Volume, VolumeAttachment, utcnow
 from stratuslab.drivers.base import volume_target
 from stratuslab.drivers.storage.base import SECTOR
-from stratuslab.errors import CapacityError, Conflict, InvalidInput, NotFound
-from stratuslab.identity.authz import Action, Kind, Visibility, authorize, read_filter
+from stratuslab.errors import CapacityError, Conflict, InvalidInput
+from stratuslab.identity.authz import Action, Kind, read_filter
 from stratuslab.identity.quotas import Usage
 from stratuslab.schemas.agent import ImageRef
 from stratuslab.schemas.volumes import Attachment as AttachmentWire
@@ -63,36 +63,24 @@ def list_volumes(
     return list(session.scalars(select(Volume).where(*cond).order_by(Volume.created_at)))
 
 
+_VOLUMES = access.Lookup(
+    Kind.VOLUME,
+    Volume,
+    lambda vol: access.Owner(vol.project_id, access.visibility_of(vol.visibility), vol.owner_id),
+    "volume list",
+    by_id=lambda ref: and_(Volume.id == ref, Volume.state != VolumeState.DELETED.value),
+    name=Volume.name,
+    visible=lambda principal: (Volume.state != VolumeState.QUARANTINED.value, visible(principal)),
+    project=Volume.project_id,
+    created=Volume.created_at,
+)
+
+
 def get_volume(
     session: Session, principal: Principal, ref: str, *, action: Action = Action.READ
 ) -> Volume:
     """A volume by id or name (the acting project's first); NotFound when hidden."""
-    vol = session.scalar(
-        select(Volume).where(Volume.id == ref, Volume.state != VolumeState.DELETED.value)
-    )
-    if vol is None:
-        vol = session.scalar(
-            select(Volume)
-            .where(
-                Volume.name == ref,
-                Volume.state != VolumeState.QUARANTINED.value,
-                visible(principal),
-            )
-            .order_by(Volume.project_id != principal.project_id, Volume.created_at)
-            .limit(1)
-        )
-    if vol is None:
-        raise _missing(ref)
-    authorize(
-        principal,
-        action,
-        kind=Kind.VOLUME,
-        resource_owner_project=vol.project_id,
-        resource_visibility=_visibility(vol.visibility),
-        resource_owner_user=vol.owner_id,
-        ref=ref,
-    )
-    return vol
+    return access.find(_VOLUMES, session, principal, ref, action)
 
 
 def to_wire(session: Session, vols: Iterable[Volume]) -> list[VolumeWire]:
@@ -301,18 +289,3 @@ def _image_ref(image: Image) -> dict[str, Any]:
 
 def _round_mib(size: int) -> int:
     return math.ceil(size / MiB) * MiB
-
-
-def _visibility(value: str) -> Visibility:
-    try:
-        return Visibility(value)
-    except ValueError:
-        return Visibility.PRIVATE
-
-
-def _missing(ref: str) -> NotFound:
-    return NotFound(
-        f"volume {ref!r} does not exist",
-        hint="list what you can see with `stratus volume list`",
-        code="volume_not_found",
-    )
