@@ -37,7 +37,7 @@ class Link:
         return None
 
 
-def make_agent(link: Link) -> Agent:
+def make_agent(link: Link, **options: Any) -> Agent:
     driver = FakeComputeDriver()
     workspace = FakeWorkspace()
     reconciler = Reconciler(driver, workspace, FakeImageCache(), hypervisor=Hypervisor.QEMU)
@@ -46,7 +46,7 @@ def make_agent(link: Link) -> Agent:
         reconciler,
         workspace,
         lambda: host_capacity(driver, Path("/")),
-        heartbeat_interval=3600,
+        **{"heartbeat_interval": 3600, **options},
     )
     link.agent = agent
     return agent
@@ -133,17 +133,8 @@ def test_a_node_cut_off_from_the_controller_powers_off_its_ha_instances() -> Non
     cattle, pet = _instance(CATTLE, "restart"), _instance(PET, "none")
     link = FlakyLink(_desired(cattle, pet))
     now = [0.0]
-    driver = FakeComputeDriver()
-    workspace = FakeWorkspace()
-    reconciler = Reconciler(driver, workspace, FakeImageCache(), hypervisor=Hypervisor.QEMU)
-    agent = Agent(
-        link,  # type: ignore[arg-type]
-        reconciler,
-        workspace,
-        lambda: host_capacity(driver, Path("/")),
-        self_fence_after=40.0,
-        clock=lambda: now[0],
-    )
+    agent = make_agent(link, self_fence_after=40.0, clock=lambda: now[0])
+    driver = agent.reconciler.driver
     agent.step(wait=0)
     assert driver.state(CATTLE) is PowerState.RUNNING
     link.down = True
@@ -166,16 +157,8 @@ def test_a_node_cut_off_from_the_controller_powers_off_its_ha_instances() -> Non
 def test_self_fencing_off_by_setting_zero() -> None:
     link = FlakyLink(_desired(_instance(CATTLE, "restart")))
     now = [0.0]
-    driver = FakeComputeDriver()
-    workspace = FakeWorkspace()
-    reconciler = Reconciler(driver, workspace, FakeImageCache(), hypervisor=Hypervisor.QEMU)
-    agent = Agent(
-        link,  # type: ignore[arg-type]
-        reconciler,
-        workspace,
-        lambda: host_capacity(driver, Path("/")),
-        clock=lambda: now[0],
-    )
+    agent = make_agent(link, clock=lambda: now[0])
+    driver = agent.reconciler.driver
     agent.step(wait=0)
     now[0] = 10_000.0
     agent.self_fence()

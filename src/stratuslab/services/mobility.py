@@ -57,14 +57,14 @@ def migrate(
     or live when both hypervisors can reach each other."""
     s = uow.session
     principal.require_admin("migrating an instance")
-    if live:
-        return _start_live(uow, principal, inst, host_ref)
     if inst.migration:
         raise Conflict(
             f"instance {inst.name} is already being migrated ({inst.migration.get('phase', '?')})",
             hint="wait for it to finish (`stratus show`)",
             code="migrating",
         )
+    if live:
+        return _start_live(uow, principal, inst, host_ref)
     if inst.status not in MOVABLE or inst.desired == DesiredState.DELETED.value:
         raise Conflict(
             f"instance {inst.name} is {inst.status}; only a running or stopped instance can be "
@@ -88,14 +88,19 @@ def migrate(
     check_name_free(s, principal, name)
     where = _host_name(s, target) if target else "a host the scheduler picks"
     _start_cold(uow, inst, target, f"cold migration to {where}", name=name)
+    return _operation(s, principal, inst, running=resume)
+
+
+def _operation(s: Session, principal: Principal, inst: Instance, *, running: bool) -> Operation:
+    """The operation of a migration: done when the instance is back (running or stopped) at
+    the generation the move gives it (one more than now), on its new host."""
     op = operations.start(
         s,
         principal,
         kind="instance.migrate",
         instances=[inst],
-        expect_status=InstanceStatus.RUNNING if resume else InstanceStatus.STOPPED,
+        expect_status=InstanceStatus.RUNNING if running else InstanceStatus.STOPPED,
     )
-    # the move bumps the generation once more: the operation waits for the new host
     op.expect = {**op.expect, "generations": {inst.id: inst.generation + 1}}
     inst.migration = {**(inst.migration or {}), "operation": op.id}
     return op
@@ -456,12 +461,30 @@ def _start_live(
     (agent/reconcile.py ``migrate_in``); the instance keeps running on its old host until the
     destination reports it landed."""
     s = uow.session
-    if inst.migration:
-        raise Conflict(
-            f"instance {inst.name} is already being migrated",
-            hint="wait for it to finish (`stratus show`)",
-            code="migrating",
-        )
+    source, dest, placer = _live_hosts(uow, inst, host_ref)
+    inst.migration = {
+        "mode": "live",
+        "phase": "migrating",
+        "from": source.id,
+        "to": dest.id,
+        "source_uri": source.migration_uri,
+        "port": placer.free_port(dest.id),
+        "started": utcnow().isoformat(),
+    }
+    _bump(uow, inst, source.id, dest.id)
+    _record(
+        s,
+        inst,
+        "instance.migrating",
+        f"live migration from {source.name} to {dest.name} started",
+        host_id=source.id,
+    )
+    return _operation(s, principal, inst, running=True)
+
+
+def _live_hosts(uow: UnitOfWork, inst: Instance, host_ref: str | None) -> tuple[Host, Host, Placer]:
+    """Source and destination of a live move, once every refusal is ruled out."""
+    s = uow.session
     if inst.status != InstanceStatus.RUNNING.value or inst.desired != DesiredState.RUNNING.value:
         raise Conflict(
             f"instance {inst.name} is {inst.status}; only a running instance moves live",
@@ -496,34 +519,7 @@ def _start_live(
                 "cold",
                 code="live_migration_unavailable",
             )
-    port = placer.free_port(dest.id)
-    inst.migration = {
-        "mode": "live",
-        "phase": "migrating",
-        "from": source.id,
-        "to": dest.id,
-        "source_uri": source.migration_uri,
-        "port": port,
-        "started": utcnow().isoformat(),
-    }
-    _bump(uow, inst, source.id, dest.id)
-    _record(
-        s,
-        inst,
-        "instance.migrating",
-        f"live migration from {source.name} to {dest.name} started",
-        host_id=source.id,
-    )
-    op = operations.start(
-        s,
-        principal,
-        kind="instance.migrate",
-        instances=[inst],
-        expect_status=InstanceStatus.RUNNING,
-    )
-    op.expect = {**op.expect, "generations": {inst.id: inst.generation + 1}}
-    inst.migration = {**inst.migration, "operation": op.id}
-    return op
+    return source, dest, placer
 
 
 def live_role(inst: Instance, host_id: str) -> str:
