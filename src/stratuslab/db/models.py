@@ -262,6 +262,12 @@ class Host(Base):
     migration_uri: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = _ts()
 
+    def bump(self) -> None:
+        """Tell the host's agent that its desired state changed. The generation goes up in
+        SQL (``desired_generation + 1``), so bumps by concurrent transactions never overwrite
+        each other (the value is read again after the flush)."""
+        self.desired_generation = Host.desired_generation + 1
+
 
 class JoinToken(Base):
     __tablename__ = "join_tokens"

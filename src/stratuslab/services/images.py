@@ -141,7 +141,7 @@ def start_save(uow: UnitOfWork, principal: Principal, inst: Instance, name: str)
     if inst.host_id is not None:
         host = s.get(Host, inst.host_id)
         if host is not None:
-            host.desired_generation += 1
+            host.bump()
         uow.notify(f"host:{inst.host_id}")
     events.record(
         s,

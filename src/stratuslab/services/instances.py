@@ -314,7 +314,7 @@ def _touch_host(uow: UnitOfWork, inst: Instance) -> None:
         return
     host = uow.session.get(Host, inst.host_id)
     if host is not None:
-        host.desired_generation += 1
+        host.bump()
     uow.notify(host_key(inst.host_id))
 
 

@@ -83,7 +83,7 @@ def _stop(uow: UnitOfWork, s: Session, inst: Instance, project: str, limit: time
     if inst.host_id is not None:
         host = s.get(Host, inst.host_id)
         if host is not None:
-            host.desired_generation += 1
+            host.bump()
         uow.notify(f"host:{inst.host_id}")
     events.record(
         s,

@@ -168,7 +168,7 @@ def _touch(session: Session, inst: Instance, *host_ids: str | None) -> None:
     for host_id in {h for h in host_ids if h}:
         host = session.get(Host, host_id)
         if host is not None:
-            host.desired_generation += 1
+            host.bump()
         notify_later(session, f"host:{host_id}")
 
 
@@ -306,7 +306,7 @@ def _released(session: Session, inst: Instance) -> None:
     if inst.host_id is not None:
         dest = session.get(Host, inst.host_id)
         if dest is not None:
-            dest.desired_generation += 1
+            dest.bump()
         notify_later(session, f"host:{inst.host_id}")
 
 

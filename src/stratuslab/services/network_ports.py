@@ -65,6 +65,17 @@ def declared_ports(session: Session, image: Image | None) -> list[int]:
     return sorted({p for p in ports if 1 <= p <= 65535})
 
 
+def image_ports(session: Session, image_id: str | None) -> list[int]:
+    """:func:`declared_ports` of an image by id, read once per session (a create of many
+    instances asks once)."""
+    memo: dict[str | None, list[int]] = session.info.setdefault("declared_ports", {})
+    found = memo.get(image_id)
+    if found is None:
+        image = session.get(Image, image_id) if image_id is not None else None
+        found = memo[image_id] = declared_ports(session, image)
+    return found
+
+
 def _ports(document: dict[str, Any] | None) -> list[int]:
     raw = (document or {}).get("inbound_ports") or []
     if not isinstance(raw, list):
@@ -102,28 +113,37 @@ def free_port(used: set[int], base: int, count: int) -> int | None:
 # -- placement hooks ---------------------------------------------------------------------
 
 
-def placed(uow: UnitOfWork, inst: Instance) -> None:
+def placed(
+    uow: UnitOfWork, inst: Instance, *, new_nics: Sequence[InstanceNic] | None = None
+) -> None:
     """Give ``inst`` (now on ``inst.host_id``) its forwards there; idempotent. Forwards left on
-    another host are moved here (new host ports)."""
+    another host are moved here (new host ports).
+
+    ``new_nics``: ``inst`` was created in this transaction with these NICs (nothing stale
+    to move, nothing to read back; its host row is locked by the placement already)."""
     s = uow.session
     if inst.host_id is None or inst.desired == DesiredState.DELETED.value:
         return
-    # the placement transaction locked the host rows already (services/placement.py)
-    host = s.get(Host, inst.host_id, with_for_update=True)
-    if host is None:
-        return
     spec = dict(inst.spec or {})
     moved: list[dict[str, Any]] = list(spec.pop(MOVED_FORWARDS, None) or [])
-    for stale in s.scalars(
-        select(PortForward).where(
-            PortForward.instance_id == inst.id, PortForward.host_id != inst.host_id
-        )
-    ):
-        moved.append(_moved_entry(s, stale))
-        s.delete(stale)
-    s.flush()
-    nics = _nics(s, inst)
-    declared = declared_ports(s, s.get(Image, inst.image_id))
+    if new_nics is not None:
+        host = s.get(Host, inst.host_id)
+        nics = sorted(new_nics, key=lambda nic: nic.index)
+    else:
+        # the placement transaction locked the host rows already (services/placement.py)
+        host = s.get(Host, inst.host_id, with_for_update=True)
+        for stale in s.scalars(
+            select(PortForward).where(
+                PortForward.instance_id == inst.id, PortForward.host_id != inst.host_id
+            )
+        ):
+            moved.append(_moved_entry(s, stale))
+            s.delete(stale)
+        s.flush()
+        nics = _nics(s, inst)
+    if host is None:
+        return
+    declared = image_ports(s, inst.image_id)
     made: list[str] = []
     if nics:
         spec.pop(USER_FORWARDS, None)
@@ -197,7 +217,7 @@ def touch_vxlan_hosts(
     for host_id in sorted(h for h in host_ids if h):
         host = s.get(Host, host_id)
         if host is not None:
-            host.desired_generation += 1
+            host.bump()
             uow.notify(host_key(host_id))
 
 

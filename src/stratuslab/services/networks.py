@@ -427,13 +427,14 @@ def attach_at_create(
     group: str | None,
 ) -> None:
     """The NICs of ``stratus run --network NAME[:ip=ADDR] ...``, in the create transaction."""
+    made: list[InstanceNic] = []
     if requested:
         requests = parse_requests(requested, security_group=group)
         made = allocate_nics(
             uow.session, principal, inst, requests, mac_prefix=uow.ctx.settings.mac_prefix
         )
         secgroups.touch_hosts(uow, sorted({str(nic.security_group_id) for nic in made}))
-    instance_placed(uow, inst)
+    network_ports.placed(uow, inst, new_nics=made)
 
 
 def instance_placed(uow: UnitOfWork, inst: Instance) -> None:

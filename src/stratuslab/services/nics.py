@@ -227,7 +227,7 @@ def _changed(
     if inst.host_id is not None:
         host = s.get(Host, inst.host_id)
         if host is not None:
-            host.desired_generation += 1
+            host.bump()
         uow.notify(host_key(inst.host_id))
     expect = (
         InstanceStatus.STOPPED

@@ -1,17 +1,20 @@
 """Claiming host capacity for instances, inside the caller's transaction.
 
 The scheduler (``stratuslab.scheduler``) is pure; this module is its only bridge to the
-database. :class:`Placer` takes the snapshot of every host (rows locked until the
-transaction ends, so two controllers or two requests never claim the same capacity),
+database. :class:`Placer` takes the placement lock (:func:`lock_placement`, held until the
+transaction ends, so two controllers or two requests never claim the same capacity) and the
+snapshot of every host,
 keeps one scheduler :class:`~stratuslab.scheduler.Board` for the whole transaction and
 writes each claim (host, forwarded SSH port, generation) on the instance row.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Text, cast, func, or_, select
 from sqlalchemy.orm import Session
 
 from stratuslab.config import ControllerSettings
@@ -40,18 +43,45 @@ def policy_from(settings: ControllerSettings) -> Policy:
     )
 
 
+#: the key of the PostgreSQL advisory lock every placement transaction holds
+PLACEMENT_LOCK = 0x5354_5241_5455_53  # "STRATUS"
+
+#: the host columns a snapshot needs, read as plain rows (no ORM object per host) with the
+#: JSON columns as their text: a row is the key of its cached snapshot (:func:`_snapshot`)
+_SNAPSHOT_COLUMNS = (
+    Host.id,
+    Host.name,
+    Host.state,
+    Host.arch,
+    Host.hypervisor,
+    Host.vcpus,
+    Host.memory_mib,
+    Host.disk_gib,
+    Host.cpu_ratio,
+    Host.ram_ratio,
+    Host.disk_ratio,
+    cast(Host.labels, Text).label("labels"),
+    cast(Host.usage, Text).label("usage"),
+)
+
+
+def lock_placement(session: Session) -> None:
+    """Serialize placements until the transaction ends, so two requests or two controller
+    processes never claim the same capacity. PostgreSQL: one transaction-level advisory lock
+    (instead of a row lock on every host, which blocked every heartbeat and report behind a
+    placement and dirtied every host row); SQLite: the write transaction is the lock."""
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(PLACEMENT_LOCK)))
+
+
 def snapshot_hosts(
-    session: Session,
-    settings: ControllerSettings | None = None,
-    *,
-    rows: dict[str, Host] | None = None,
+    session: Session, settings: ControllerSettings | None = None
 ) -> list[HostSnapshot]:
-    """Every host with its allocations, groups and cached images, rows locked until the
-    transaction ends."""
+    """Every host with its allocations, groups and cached images. Call under
+    :func:`lock_placement` when claiming."""
     settings = settings or ControllerSettings()
-    hosts = list(session.scalars(select(Host).order_by(Host.name).with_for_update()))
-    if rows is not None:
-        rows.update((h.id, h) for h in hosts)
+    hosts = session.execute(select(*_SNAPSHOT_COLUMNS).order_by(Host.name)).all()
     used = {
         host_id: (int(cpu or 0), int(mem or 0), int(disk or 0))
         for host_id, cpu, mem, disk in session.execute(
@@ -81,10 +111,33 @@ def snapshot_hosts(
     ]
 
 
+#: snapshots by (host row, allocations, groups, cloud ratios): most hosts are unchanged
+#: from one placement transaction to the next, so most snapshots are not built again
+_snapshots: dict[tuple[Any, ...], HostSnapshot] = {}
+_SNAPSHOTS_MAX = 50_000
+
+
 def _snapshot(
-    h: Host, used: tuple[int, int, int], groups: set[str], settings: ControllerSettings
+    h: Any, used: tuple[int, int, int], groups: set[str], settings: ControllerSettings
 ) -> HostSnapshot:
-    usage = h.usage or {}
+    """``h``: a row of :data:`_SNAPSHOT_COLUMNS`."""
+    ratios = (settings.cpu_ratio, settings.ram_ratio, settings.disk_ratio)
+    key = (tuple(h), used, frozenset(groups), ratios)
+    found = _snapshots.get(key)
+    if found is None:
+        if len(_snapshots) >= _SNAPSHOTS_MAX:
+            _snapshots.clear()
+        found = _snapshots[key] = _build_snapshot(h, used, key[2], ratios)
+    return found
+
+
+def _build_snapshot(
+    h: Any,
+    used: tuple[int, int, int],
+    groups: frozenset[str],
+    ratios: tuple[float, float, float],
+) -> HostSnapshot:
+    usage = _json_object(h.usage)
     images = usage.get("images") or []
     return HostSnapshot(
         id=h.id,
@@ -98,14 +151,19 @@ def _snapshot(
         vcpus_used=used[0],
         memory_used_mib=used[1],
         disk_used_gib=used[2],
-        cpu_ratio=h.cpu_ratio if h.cpu_ratio is not None else settings.cpu_ratio,
-        ram_ratio=h.ram_ratio if h.ram_ratio is not None else settings.ram_ratio,
-        disk_ratio=h.disk_ratio if h.disk_ratio is not None else settings.disk_ratio,
-        labels={str(k): str(v) for k, v in (h.labels or {}).items()},
-        groups=frozenset(groups),
+        cpu_ratio=h.cpu_ratio if h.cpu_ratio is not None else ratios[0],
+        ram_ratio=h.ram_ratio if h.ram_ratio is not None else ratios[1],
+        disk_ratio=h.disk_ratio if h.disk_ratio is not None else ratios[2],
+        labels={str(k): str(v) for k, v in _json_object(h.labels).items()},
+        groups=groups,
         images=frozenset(str(i) for i in images) if isinstance(images, list) else frozenset(),
         load=float(usage.get("load1") or 0.0),
     )
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    value = json.loads(text) if text else None
+    return value if isinstance(value, dict) else {}
 
 
 def request_for(inst: Instance, image: Image | None = None) -> Request:
@@ -151,11 +209,10 @@ class Placer:
     ) -> None:
         self.session = session
         self.settings = settings
-        #: the locked host rows (kept referenced: the session's identity map is weak)
+        lock_placement(session)
+        self.hosts = [h for h in snapshot_hosts(session, settings) if h.id not in exclude]
+        #: the host rows claimed on (kept referenced: the session's identity map is weak)
         self.rows: dict[str, Host] = {}
-        self.hosts = [
-            h for h in snapshot_hosts(session, settings, rows=self.rows) if h.id not in exclude
-        ]
         self.board = Board(self.hosts, policy_from(settings))
         self._ports: dict[str, set[int]] = {}
         self._names = {h.id: h.name for h in self.hosts}
@@ -199,7 +256,8 @@ class Placer:
         inst.pending_since = None
         host = self.rows.get(host_id) or self.session.get(Host, host_id)
         assert host is not None
-        host.desired_generation += 1
+        self.rows[host_id] = host
+        host.bump()
         return host_id
 
     def free_port(self, host_id: str) -> int:

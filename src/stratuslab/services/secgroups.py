@@ -314,7 +314,7 @@ def touch_hosts(uow: UnitOfWork, group_ids: Sequence[str], *, members: bool = Tr
     for host_id in host_ids:
         host = s.get(Host, host_id)
         if host is not None:
-            host.desired_generation += 1
+            host.bump()
             uow.notify(f"host:{host_id}")
 
 

@@ -207,7 +207,7 @@ def _observe_export(session: Session, vol: Volume, obs: ObservedVolume) -> dict[
             if inst is not None and inst.host_id not in (None, vol.host_id):
                 host = session.get(Host, inst.host_id)
                 if host is not None:
-                    host.desired_generation += 1
+                    host.bump()
                 notify_later(session, f"host:{inst.host_id}")
     if obs.export_error != vol.source.get("export_error", ""):
         # said once per new error: instances booting from it wait for the export meanwhile
@@ -340,7 +340,7 @@ def _ask_exports(session: Session, host: Host, instance_ids: list[str]) -> None:
     for pool_id in sorted(pools):
         pool = session.get(Host, pool_id)
         if pool is not None:
-            pool.desired_generation += 1
+            pool.bump()
         notify_later(session, f"host:{pool_id}")
 
 

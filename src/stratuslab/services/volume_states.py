@@ -121,7 +121,7 @@ def touch_host(uow: UnitOfWork, host_id: str | None) -> None:
         return
     host = uow.session.get(Host, host_id)
     if host is not None:
-        host.desired_generation += 1
+        host.bump()
     uow.notify(f"host:{host_id}")
 
 
@@ -132,7 +132,7 @@ def touch_pool(session: Session, vol: Volume, inst: Instance) -> None:
         return
     host = session.get(Host, vol.host_id)
     if host is not None:
-        host.desired_generation += 1
+        host.bump()
     notify_later(session, f"host:{vol.host_id}")
 
 
