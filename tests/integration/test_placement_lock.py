@@ -56,7 +56,7 @@ def test_two_transactions_bumping_one_host_both_count(ctx: Ctx) -> None:
                 assert host is not None and host.desired_generation == 0
                 read.wait(timeout=10)
                 host.bump()
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=bump) for _ in range(2)]
