@@ -96,6 +96,9 @@ class ControllerSettings:
     login_failures_per_user: int = 5
     login_failures_per_address: int = 20
     login_failure_window: float = 900.0
+    #: seconds a checked API token's principal is kept (0: check every request); a change
+    #: made through another controller process is seen within this time
+    token_cache_seconds: float = 10.0
     #: argon2id parameters for new password hashes (RFC 9106 second recommendation)
     argon2_memory_kib: int = 65536
     argon2_time_cost: int = 3

@@ -3,6 +3,7 @@ too), round trips, and every refusal."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import subprocess
@@ -31,6 +32,7 @@ from stratuslab.marketplace.imagelist import (
     split_smime,
     verify_image_list,
     verify_listed_entry,
+    wrap_opaque,
 )
 from stratuslab.marketplace.metadata import (
     ImageMetadata,
@@ -439,3 +441,11 @@ def test_intermediate_ca_chain_is_carried(tmp_path: Path, images: list[Path]) ->
     listed = verify_image_list(message, TrustStore.load(trust), at=NOW)
     assert listed.endorser.email == "robot@example.org"
     assert len(listed.chain) == 3
+
+
+def test_opaque_evidence_keeps_der_byte_for_byte() -> None:
+    # a DER signature may end in a byte that is whitespace in ASCII (here 0x0a): stripping
+    # it used to break about one openssl DER signature in forty
+    der = bytes([0x30, 0x03, 0x02, 0x01, 0x0A])
+    body = wrap_opaque(b"\n" + der).split(b"\r\n\r\n", 1)[1]
+    assert base64.b64decode(body) == der

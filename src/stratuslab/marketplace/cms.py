@@ -46,7 +46,7 @@ class SignedData:
 
 def parse_signed_data(signature: bytes) -> SignedData:
     """Parse a DER (or PEM-armoured) CMS SignedData; refuse anything else."""
-    der = _dearmor(signature)
+    der = dearmor(signature)
     try:
         info = cms.ContentInfo.load(der, strict=True)
         if info["content_type"].native != "signed_data":
@@ -68,7 +68,8 @@ def parse_signed_data(signature: bytes) -> SignedData:
         ) from exc
 
 
-def _dearmor(signature: bytes) -> bytes:
+def dearmor(signature: bytes) -> bytes:
+    """The DER of a PEM-armoured CMS; DER comes back unchanged."""
     match = _PEM_RE.search(signature)
     if match is None:
         return signature
@@ -133,7 +134,7 @@ def detach(signature: bytes) -> tuple[bytes | None, bytes]:
     The signer infos are kept byte for byte, so the signature still verifies over the content.
     A detached signature comes back unchanged with ``None`` content.
     """
-    der = _dearmor(signature)
+    der = dearmor(signature)
     try:
         info = cms.ContentInfo.load(der, strict=True)
         if info["content_type"].native != "signed_data":

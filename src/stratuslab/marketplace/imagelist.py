@@ -187,7 +187,7 @@ def verify_image_list(
             code="image_list_expired",
         )
     if not is_smime(message):
-        message = wrap_opaque(message.strip())
+        message = wrap_opaque(message)
     return VerifiedImageList(document, verified.endorser, message, verified.chain)
 
 

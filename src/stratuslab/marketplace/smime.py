@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from stratuslab.errors import VerificationError
-from stratuslab.marketplace.cms import detach
+from stratuslab.marketplace.cms import dearmor, detach
 
 #: the hint of errors about what an image list should look like
 IMAGE_LIST_HINT = "image lists are S/MIME signed JSON (hepixvmitrust, vmcatcher_endorser, AppDB)"
@@ -75,8 +75,10 @@ def json_body(content: bytes) -> bytes:
     return body
 
 
-def wrap_opaque(der: bytes) -> bytes:
-    """An opaque S/MIME message around a CMS that embeds its content."""
+def wrap_opaque(signature: bytes) -> bytes:
+    """An opaque S/MIME message around a CMS (DER, or PEM) that embeds its content. DER is
+    kept byte for byte: its last byte may well be a newline or a space."""
+    der = dearmor(signature.lstrip())
     encoded = base64.encodebytes(der).replace(b"\n", b"\r\n")
     return _SMIME_WRAPPER + encoded
 

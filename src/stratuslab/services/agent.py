@@ -209,9 +209,10 @@ SEEN_INTERVAL = 5.0
 def _seen(session: Session, host: Host) -> None:
     """A report is a sign of life too: refresh the host's ``last_heartbeat``, best effort.
 
-    Not on every report, and on PostgreSQL never waiting for the host's row: a placement
-    holds every host row locked (``FOR UPDATE``) for its whole transaction, and each report
-    queuing behind it held an API thread and a connection. Heartbeats keep the timestamp
+    Not on every report, and on PostgreSQL never waiting for the host's row: a transaction
+    that placed an instance on the host or changed its desired state holds the row (its
+    generation bump) until it commits, and a report queuing behind it would hold an API
+    thread and a connection. Heartbeats keep the timestamp
     current whatever happens here."""
     now = utcnow()
     last = host.last_heartbeat

@@ -43,6 +43,8 @@ from stratuslab.identity.passwords import Argon2Params, LoginRateLimiter, Passwo
 from stratuslab.identity.principal import AuthMethod, Principal
 from stratuslab.identity.scopes import SERVICES, parse_scopes
 from stratuslab.marketplace.truststore import TrustStoreCache
+from stratuslab.services import principal_cache
+from stratuslab.services.principal_cache import PrincipalCache
 from stratuslab.types import Role
 
 __all__ = [
@@ -98,6 +100,8 @@ class Authenticator:
     oidc_verifier: oidc.OidcVerifier | None = None
     trust: TrustStoreCache | None = None
     proxies: tuple[x509.Network, ...] = ()
+    #: API-token principals checked recently (services/principal_cache.py)
+    principals: PrincipalCache = field(default_factory=PrincipalCache)
     _dn_map: tuple[float, dn_mod.DnMap] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -122,6 +126,7 @@ class Authenticator:
             limiter=LoginRateLimiter(limits),
             methods=methods,
             proxies=x509.parse_trusted_proxies(_split(settings.trusted_proxies)),
+            principals=PrincipalCache(settings.token_cache_seconds),
         )
         if "oidc" in methods:
             issuers = load_issuers(Path(settings.oidc_issuers_file))
@@ -225,8 +230,8 @@ def authenticate(
     """The principal of a request, or Unauthorized saying what failed (never a secret)."""
     if creds.bearer:
         if tokens.looks_like_token(creds.bearer):
-            principal = _by_api_token(session, creds.bearer, now=now)
-        elif creds.bearer.count(".") == 2 and auth.oidc_verifier is not None:
+            return _by_cached_token(session, auth, creds.bearer, creds.project, now=now)
+        if creds.bearer.count(".") == 2 and auth.oidc_verifier is not None:
             principal = _by_oidc(session, auth.oidc_verifier, creds.bearer, now=now)
         else:
             principal = _by_legacy_token(session, creds.bearer, now=now)
@@ -244,7 +249,24 @@ def roles_of(session: Session, user_id: str) -> dict[str, Role]:
     return {project_id: Role(role) for project_id, role in rows}
 
 
-def _by_api_token(session: Session, value: str, *, now: datetime) -> Principal:
+def _by_cached_token(
+    session: Session, auth: Authenticator, token: str, project: str | None, *, now: datetime
+) -> Principal:
+    """An API token's principal acting in ``project``: from the cache, or looked up."""
+    found = auth.principals.get(token, project, now=now)
+    if found is not None:
+        return found
+    since = principal_cache.generation()
+    principal, expires = _by_api_token(session, token, now=now)
+    principal = _acting_in(session, principal, project)
+    auth.principals.put(token, project, principal, expires=expires, since=since)
+    return principal
+
+
+def _by_api_token(
+    session: Session, value: str, *, now: datetime
+) -> tuple[Principal, datetime | None]:
+    """The token's principal (in the token's project) and when the token expires."""
     users: dict[str, tuple[User, dict[str, Role]]] = {}
 
     def lookup(token_id: str) -> tokens.TokenRecord | None:
@@ -265,7 +287,8 @@ def _by_api_token(session: Session, value: str, *, now: datetime) -> Principal:
     record = tokens.authenticate_token(value, lookup, now=now)
     user, roles = users[record.token_id]
     _check_active(user)
-    return tokens.principal_for(record, roles=roles, cloud_admin=user.cloud_admin)
+    principal = tokens.principal_for(record, roles=roles, cloud_admin=user.cloud_admin)
+    return principal, record.expires_at
 
 
 def _record(token: ApiToken) -> tokens.TokenRecord:

@@ -1,0 +1,136 @@
+"""API-token principals checked recently, so a read costs no identity query.
+
+Every user request carries a credential; for an API token its check is one query (the
+token, its user and the user's roles). :class:`PrincipalCache` keeps the resulting
+:class:`~stratuslab.identity.Principal` for ``ttl`` seconds (``token_cache_seconds``),
+keyed by a hash of the token and the project the request asks for.
+
+Staleness is bounded:
+
+* in this process, any committed change to a token, a user, a project or a membership
+  empties the cache (an ORM ``after_commit`` hook, :func:`watch`), so a revocation, a
+  disabled user or a removed membership takes effect on the next request;
+* another controller process sees such a change within ``ttl`` seconds;
+* an entry never outlives its token's expiry.
+
+Only successes are kept: a bad token is looked up (and refused) every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from stratuslab.db.models import ApiToken, Project, ProjectMember, User
+from stratuslab.identity.principal import Principal
+
+#: rows whose change may change who a token's holder is or what they may do
+_IDENTITY_ROWS = (ApiToken, User, Project, ProjectMember)
+_DIRTY = "stratus_identity_changed"
+
+_generation = 0
+_generation_lock = threading.Lock()
+
+
+def generation() -> int:
+    """Bumped by every committed identity change in this process."""
+    return _generation
+
+
+def identity_changed() -> None:
+    """Empty every :class:`PrincipalCache` of this process (their entries are now stale)."""
+    global _generation
+    with _generation_lock:
+        _generation += 1
+
+
+def _after_flush(session: Session, _context: Any) -> None:
+    changed = (*session.new, *session.dirty, *session.deleted)
+    if any(isinstance(obj, _IDENTITY_ROWS) for obj in changed):
+        session.info[_DIRTY] = True
+
+
+def _after_bulk(state: Any) -> None:
+    if (state.is_update or state.is_delete) and any(
+        mapper.class_ in _IDENTITY_ROWS for mapper in state.all_mappers
+    ):
+        state.session.info[_DIRTY] = True
+
+
+def _after_commit(session: Session) -> None:
+    if session.info.pop(_DIRTY, False):
+        identity_changed()
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_DIRTY, None)
+
+
+_watching = False
+
+
+def watch() -> None:
+    """Hook every session of this process (idempotent)."""
+    global _watching
+    with _generation_lock:
+        if _watching:
+            return
+        event.listen(Session, "after_flush", _after_flush)
+        event.listen(Session, "do_orm_execute", _after_bulk)
+        event.listen(Session, "after_commit", _after_commit)
+        event.listen(Session, "after_soft_rollback", lambda s, _t: _after_rollback(s))
+        _watching = True
+
+
+class PrincipalCache:
+    """(token, requested project) -> principal, for ``ttl`` seconds (0: no caching)."""
+
+    def __init__(self, ttl: float = 10.0, size: int = 100_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        #: key -> (generation, monotonic time stored, token expiry, principal)
+        self._entries: dict[tuple[str, str | None], tuple[int, float, datetime | None, Principal]]
+        self._entries = {}
+        self._lock = threading.Lock()
+        watch()
+
+    @staticmethod
+    def _key(token: str, project: str | None) -> tuple[str, str | None]:
+        return hashlib.sha256(token.encode()).hexdigest(), project
+
+    def get(self, token: str, project: str | None, *, now: datetime) -> Principal | None:
+        if self.ttl <= 0:
+            return None
+        found = self._entries.get(self._key(token, project))
+        if found is None:
+            return None
+        gen, stored, expires, principal = found
+        if gen != _generation or time.monotonic() - stored > self.ttl:
+            return None
+        if expires is not None and now >= expires:
+            return None
+        return principal
+
+    def put(
+        self,
+        token: str,
+        project: str | None,
+        principal: Principal,
+        *,
+        expires: datetime | None,
+        since: int,
+    ) -> None:
+        """Keep ``principal``, looked up while the identity generation was ``since`` (an
+        entry looked up before a change committed is stale at once)."""
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.size:
+                self._entries.clear()
+            self._entries[self._key(token, project)] = (since, time.monotonic(), expires, principal)
