@@ -185,6 +185,9 @@ class NodeSettings:
     heartbeat_interval: float = 10.0
     #: seconds between full reconcile passes when nothing changes
     resync_interval: float = 15.0
+    #: a pass with nothing changed converges the state read last; the whole desired state
+    #: is read from the controller again at least this often (seconds)
+    full_resync_interval: float = 300.0
     #: size limit of the image cache in GiB (0: no limit); unused bases are evicted LRU
     image_cache_max_gib: float = 0.0
     #: labels this host declares when it joins, for requirement expressions: "gpu=yes,rack=r1"

@@ -413,3 +413,36 @@ def test_save_failure_on_the_node_fails_the_operation(
     assert result["status"] == "failed"
     assert "disk full" in result["error"]["message"]
     assert api.get("/api/v1/images/broken").json()["status"] == "error"
+
+
+# -- the desired-state long-poll: brief waits answer "unchanged" ---------------------------
+
+DESIRED = "/api/v1/agent/desired"
+
+
+def _poll(node: Node, **params: object) -> dict:
+    http = node.link._http  # the node's own credential
+    resp = http.get(DESIRED, params={"wait": 0, **params})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def test_brief_polls_answer_unchanged_until_something_changes(
+    api: TestClient, node: Node, image: dict
+) -> None:
+    run(api, name="a", flavor="t1.micro")
+    node.settle()
+    full = _poll(node, since=-1, brief=True)
+    assert not full["unchanged"] and [i["name"] for i in full["instances"]] == ["a"]
+    generation = full["generation"]
+
+    quiet = _poll(node, since=generation, brief=True)
+    assert quiet["unchanged"] and quiet["instances"] == [] and quiet["generation"] == generation
+    # an agent that does not know `unchanged` still gets everything when its wait ends
+    old_agent = _poll(node, since=generation)
+    assert not old_agent["unchanged"] and len(old_agent["instances"]) == 1
+
+    run(api, name="b", flavor="t1.micro")
+    changed = _poll(node, since=generation, brief=True)
+    assert not changed["unchanged"] and changed["generation"] > generation
+    assert sorted(i["name"] for i in changed["instances"]) == ["a", "b"]

@@ -151,6 +151,23 @@ def test_create_show_list_update(api: TestClient, node: Node) -> None:
     assert {"volume.creating", "volume.available", "volume.updated"} <= set(kinds)
 
 
+def test_quiet_passes_keep_the_pool_as_it_is(api: TestClient, node: Node) -> None:
+    v = create(api, node, "kept", 1)
+    asked: list[bool] = []
+    desired = node.link.desired
+
+    def spy(*, since: int, wait: float, brief: bool = False):  # type: ignore[no-untyped-def]
+        state = desired(since=since, wait=wait, brief=brief)
+        asked.append(state.unchanged)
+        return state
+
+    node.link.desired = spy  # type: ignore[method-assign]
+    for _ in range(3):  # nothing changes: the controller answers "unchanged"
+        node.agent.step(wait=0)
+    assert asked == [True, True, True]
+    assert node.backend.exists(v["id"]) and vol(api, v["id"])["state"] == "available"
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [

@@ -22,7 +22,7 @@ class Link:
         self.since: list[int] = []
         self.agent: Agent | None = None
 
-    def desired(self, *, since: int, wait: float) -> DesiredState:
+    def desired(self, *, since: int, wait: float, brief: bool = False) -> DesiredState:
         self.since.append(since)
         if len(self.since) == 2:
             raise ServiceUnavailable("controller restarting", hint="retry")
@@ -63,7 +63,7 @@ def test_agent_resyncs_fully_after_the_controller_was_away() -> None:
 class WaitingLink(Link):
     """A long-poll during which SIGTERM arrives (the handler calls ``agent.stop()``)."""
 
-    def desired(self, *, since: int, wait: float) -> DesiredState:
+    def desired(self, *, since: int, wait: float, brief: bool = False) -> DesiredState:
         self.since.append(since)
         assert self.agent is not None
         if len(self.since) == 2:
@@ -119,7 +119,7 @@ class FlakyLink(Link):
         self.down = False
         self.reports: list[Report] = []
 
-    def desired(self, *, since: int, wait: float) -> DesiredState:
+    def desired(self, *, since: int, wait: float, brief: bool = False) -> DesiredState:
         if self.down:
             raise ServiceUnavailable("controller unreachable", hint="retry")
         return self.state
@@ -163,3 +163,33 @@ def test_self_fencing_off_by_setting_zero() -> None:
     now[0] = 10_000.0
     agent.self_fence()
     assert driver.state(CATTLE) is PowerState.RUNNING
+
+
+class BriefLink(FlakyLink):
+    """Answers ``unchanged`` to a brief long-poll whose generation did not move."""
+
+    def __init__(self, state: DesiredState) -> None:
+        super().__init__(state)
+        self.asked: list[tuple[int, bool]] = []
+
+    def desired(self, *, since: int, wait: float, brief: bool = False) -> DesiredState:
+        self.asked.append((since, brief))
+        if brief and since == self.state.generation:
+            return DesiredState(host_id="h", generation=since, instances=[], unchanged=True)
+        return self.state
+
+
+def test_an_unchanged_answer_converges_the_last_state_and_a_full_read_comes_now_and_then() -> None:
+    link = BriefLink(_desired(_instance(PET, "none")))
+    now = [0.0]
+    agent = make_agent(link, clock=lambda: now[0], full_resync_interval=300.0)
+    driver = agent.reconciler.driver
+    agent.step(wait=0)
+    now[0] = 100.0
+    agent.step(wait=0)  # unchanged: converges the state it has (an empty one would destroy)
+    assert driver.state(PET) is PowerState.RUNNING
+    assert [o.id for o in link.reports[-1].instances] == [PET]
+    now[0] = 301.0
+    agent.step(wait=0)  # the whole state again, however quiet the controller was
+    assert link.asked == [(-1, False), (3, True), (3, False)]
+    assert driver.state(PET) is PowerState.RUNNING

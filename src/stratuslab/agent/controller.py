@@ -59,8 +59,13 @@ class ControllerLink:
     def heartbeat(self, beat: Heartbeat) -> None:
         self._call("POST", "/heartbeat", json=beat.model_dump())
 
-    def desired(self, *, since: int, wait: float) -> DesiredState:
-        resp = self._call("GET", "/desired", params={"since": since, "wait": wait})
+    def desired(self, *, since: int, wait: float, brief: bool = False) -> DesiredState:
+        """The host's desired state once its generation differs from ``since`` or ``wait``
+        seconds passed; ``brief``: a wait that ends with no change answers ``unchanged``."""
+        params: dict[str, str | int | float] = {"since": since, "wait": wait}
+        if brief:
+            params["brief"] = "true"
+        resp = self._call("GET", "/desired", params=params)
         return DesiredState.model_validate(resp.json())
 
     def report(self, report: Report) -> ReportAck:

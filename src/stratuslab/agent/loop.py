@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import threading
@@ -20,6 +21,7 @@ from stratuslab.schemas.agent import (
     AgentEvent,
     ConsoleChunk,
     DesiredInstance,
+    DesiredState,
     Heartbeat,
     HostCapacity,
     Report,
@@ -119,6 +121,7 @@ class Agent:
         *,
         heartbeat_interval: float = 10.0,
         resync_interval: float = 15.0,
+        full_resync_interval: float = 300.0,
         cached_images: Callable[[], list[str]] | None = None,
         self_fence_after: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
@@ -139,6 +142,12 @@ class Agent:
         self.capacity = capacity
         self.heartbeat_interval = heartbeat_interval
         self.resync_interval = resync_interval
+        #: a pass with no change converges the state read last; the whole state is read
+        #: again at least this often (seconds) all the same
+        self.full_resync_interval = full_resync_interval
+        #: the last whole state read, and when
+        self.last_state: DesiredState | None = None
+        self.last_full = -math.inf
         self.console = ConsoleTailer(workspace)
         self.stopping = threading.Event()
         #: True while waiting for the controller's long-poll (nothing half-done to interrupt)
@@ -199,7 +208,7 @@ class Agent:
         try:
             if self.stopping.is_set():
                 raise Stopped
-            desired = self.link.desired(since=self.generation, wait=wait)
+            desired = self._desired(wait)
         finally:
             self.polling = False
         self.last_contact = self.clock()
@@ -234,6 +243,22 @@ class Agent:
             self.fast_until = max(self.fast_until, time.monotonic() + CONSOLE_QUIET)
         self.generation = desired.generation
         return time.monotonic() < self.fast_until
+
+    def _desired(self, wait: float) -> DesiredState:
+        """The desired state: the controller's answer, or the last one again when it says
+        nothing changed since the generation this agent has."""
+        brief = (
+            self.last_state is not None
+            and self.clock() - self.last_full < self.full_resync_interval
+        )
+        desired = self.link.desired(since=self.generation, wait=wait, brief=brief)
+        last = self.last_state
+        if desired.unchanged:
+            if last is not None and desired.generation == last.generation:
+                return last
+            desired = self.link.desired(since=-1, wait=0)  # not the state we have: read it
+        self.last_state, self.last_full = desired, self.clock()
+        return desired
 
     def _heartbeats(self) -> None:
         while not self.stopping.is_set():

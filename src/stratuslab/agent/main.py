@@ -119,6 +119,7 @@ def build_agent(settings: NodeSettings, driver: ComputeDriver, cred: dict[str, s
         lambda: capacity_of(settings, driver),
         heartbeat_interval=settings.heartbeat_interval,
         resync_interval=settings.resync_interval,
+        full_resync_interval=settings.full_resync_interval,
         self_fence_after=settings.self_fence_after,
         cached_images=(
             (lambda: [p.stem for p in images.cached()]) if isinstance(images, ImageCache) else None

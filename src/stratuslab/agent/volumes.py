@@ -258,11 +258,15 @@ class VolumeLink(ControllerLink):
         #: set once the image cache (which needs this link) exists
         self.pool = pool
         self._observed: list[ObservedVolume] = []
+        #: the pool's volumes in the last whole state (an ``unchanged`` answer has none)
+        self._volumes: list[DesiredVolume] | None = None
 
-    def desired(self, *, since: int, wait: float) -> DesiredState:
-        state = super().desired(since=since, wait=wait)
-        if self.pool is not None:
-            self._observed = self.pool.converge(state.volumes)
+    def desired(self, *, since: int, wait: float, brief: bool = False) -> DesiredState:
+        state = super().desired(since=since, wait=wait, brief=brief)
+        if not state.unchanged:
+            self._volumes = state.volumes
+        if self.pool is not None and self._volumes is not None:
+            self._observed = self.pool.converge(self._volumes)
         return state
 
     def report(self, report: Report) -> ReportAck:

@@ -25,7 +25,9 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         return _sqlite_engine(url)
     if url.startswith("postgresql"):
-        engine = create_engine(url, pool_size=10, max_overflow=20)
+        # one pooled connection per API worker thread (40): an overflow connection is closed
+        # when it is returned, and the next burst pays a new server process for each one
+        engine = create_engine(url, pool_size=40, max_overflow=10)
         _ping_idle_connections(engine)
         return engine
     raise InvalidInput(

@@ -215,6 +215,9 @@ class DesiredState(Wire):
     host_id: str
     generation: int
     instances: list[DesiredInstance]
+    #: nothing changed since the generation the agent asked with (its long-poll timed out):
+    #: the lists are empty, converge the last full state again
+    unchanged: bool = False
     #: the volumes of this node's volume pool
     volumes: list[DesiredVolume] = Field(default_factory=list)
     #: the virtual networks this host carries

@@ -196,6 +196,10 @@ def apply_report(
             host_id=host.id,
             project_id=inst.project_id if inst else None,
         )
+    if changed:
+        # what the host must run follows what it reported (a failure cleaned up, a guest
+        # that powered itself off, a deletion done): its agent reads the state again
+        host.bump()
     _seen(session, host)
     finished = operations.evaluate_for(session, changed)
     finished += volumes.apply_report(session, host, report)

@@ -309,6 +309,8 @@ def _observe_instance(
         if vol.state != VolumeState.QUARANTINED.value:
             settle(session, vol)
         changed.append((vol, problem))
+    if changed:
+        host.bump()  # the instance's desired attachments changed: its agent reads them again
     return changed
 
 

@@ -41,6 +41,8 @@ AGENT_API = "/api/v1/agent"
 POOL_SIZE = 25
 #: poll this often while an instance is between states (as the real agent does)
 BUSY_INTERVAL = 0.5
+#: read the whole desired state at least this often (the agent's full_resync_interval)
+FULL_RESYNC_INTERVAL = 300.0
 JSON = {"Content-Type": "application/json"}
 
 
@@ -99,6 +101,9 @@ class SimAgent:
         self.headers = {"Authorization": f"Bearer {joined.credential}"}
         self.tracker = tracker
         self.generation = -1
+        #: the last whole desired state and when it was read (Agent._desired's rule)
+        self.last_state: DesiredState | None = None
+        self.last_full = 0.0
         #: monotonic time of the last completed pass (desired state read, report accepted)
         self.last_sync = 0.0
         self.passes = 0
@@ -106,12 +111,7 @@ class SimAgent:
 
     async def step(self, *, wait: float) -> bool:
         """One pass; True when something is between states (poll again soon)."""
-        resp = await self.http.get(
-            f"{AGENT_API}/desired",
-            params={"since": self.generation, "wait": wait},
-            headers=self.headers,
-        )
-        desired = DesiredState.model_validate_json(_check(resp).content)
+        desired = await self._desired(wait)
         report, busy = self.converge(desired)
         resp = await self.http.post(
             f"{AGENT_API}/report",
@@ -125,6 +125,22 @@ class SimAgent:
         self.last_sync = now
         self.passes += 1
         return busy
+
+    async def _desired(self, wait: float) -> DesiredState:
+        """As ``Agent._desired``: a wait that ends with no change reuses the last state."""
+        last = self.last_state
+        brief = last is not None and time.monotonic() - self.last_full < FULL_RESYNC_INTERVAL
+        params: dict[str, str | int | float] = {"since": self.generation, "wait": wait}
+        if brief:
+            params["brief"] = "true"
+        resp = await self.http.get(f"{AGENT_API}/desired", params=params, headers=self.headers)
+        desired = DesiredState.model_validate_json(_check(resp).content)
+        if desired.unchanged and last is not None and desired.generation == last.generation:
+            return last
+        if desired.unchanged:
+            raise ControllerError("an unchanged answer for a state this agent does not have")
+        self.last_state, self.last_full = desired, time.monotonic()
+        return desired
 
     def converge(self, desired: DesiredState) -> tuple[Report, bool]:
         """Agent.step's body without the console (fake guests print nothing)."""

@@ -47,13 +47,22 @@ class Sampler:
         self.incl_counts: Counter[str] = Counter()
         self.samples = 0
         self.dumps = 0
+        self._dumps_asked = 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
+
+    def request_dump(self, *_: object) -> None:
+        """The ``SIGUSR1`` handler. It runs in the main thread (the server's event loop),
+        possibly while that thread is being sampled: it only asks, the sampler thread
+        writes (a dump in the handler deadlocked when two signals came close together)."""
+        self._dumps_asked += 1
 
     def run(self) -> None:
         me = threading.get_ident()
         while True:
             time.sleep(self.interval)
+            while self._dumps_asked > self.dumps:
+                self.dump()
             frames = sys._current_frames()
             with self._lock:
                 for ident, frame in frames.items():
@@ -76,7 +85,7 @@ class Sampler:
         for key in set(stack):
             self.incl_counts[key] += 1
 
-    def dump(self, *_: object) -> None:
+    def dump(self) -> None:
         with self._lock:
             self.dumps += 1
             elapsed = time.monotonic() - self.started
@@ -102,7 +111,7 @@ class Sampler:
 
 def main(out: str) -> None:
     sampler = Sampler(Path(out))
-    signal.signal(signal.SIGUSR1, sampler.dump)
+    signal.signal(signal.SIGUSR1, sampler.request_dump)
     threading.Thread(target=sampler.run, daemon=True, name="sampler").start()
     from stratuslab.api.server import main as serve
 

@@ -69,9 +69,13 @@ async def heartbeat(body: Heartbeat, request: Request, ctx: CtxDep, host: HostDe
     await _write(request, ctx, work)
 
 
-def _desired_if_changed(ctx: Ctx, host_id: str, since: int | None) -> DesiredState | None:
-    """The host's desired state, or None when its generation is still ``since`` (one read
-    transaction: the generation check and the state it returns agree)."""
+def _desired_if_changed(
+    ctx: Ctx, host_id: str, since: int | None, *, timed_out: bool = False
+) -> DesiredState | None:
+    """The host's desired state, or None when its generation is still ``since``; once the
+    wait ``timed_out``, an ``unchanged`` answer instead of None (the state itself is read
+    only when asked for with ``since=None``). The generation is read first: a state read
+    after it is as new or newer."""
     with read_session(ctx.sessions) as s:
         generation = s.scalar(
             select(models.Host.desired_generation).where(models.Host.id == host_id)
@@ -79,6 +83,10 @@ def _desired_if_changed(ctx: Ctx, host_id: str, since: int | None) -> DesiredSta
         if generation is None:
             raise unknown_host()
         if since is not None and generation == since:
+            if timed_out:
+                return DesiredState(
+                    host_id=host_id, generation=generation, instances=[], unchanged=True
+                )
             return None
         row = s.get(models.Host, host_id)
         assert row is not None
@@ -93,14 +101,30 @@ async def desired(
     host: HostDep,
     since: int = Query(-1, description="return at once if the generation differs from this"),
     wait: float = Query(0, ge=0, description="seconds to wait for a change"),
+    brief: bool = Query(
+        False,
+        description="the caller understands unchanged answers: when the wait ends with the "
+        "generation still `since`, answer unchanged=true and no instances instead of the "
+        "whole state",
+    ),
 ) -> DesiredState:
-    """The desired state of every instance on the calling host (long-poll with since+wait)."""
+    """The desired state of every instance on the calling host (long-poll with since+wait).
+
+    Every change to what a host must run bumps its generation. An agent that asks
+    ``brief=true`` and whose wait ends with the generation still ``since`` gets
+    ``unchanged`` (one query instead of the whole state) and converges the state it has;
+    it leaves ``brief`` out now and then to read everything again. Without ``brief`` (older
+    agents) a wait that ends sends the whole state, as it always did."""
     deadline = time.monotonic() + min(wait, ctx.settings.max_wait)
     while True:
         with ctx.notifier.subscribe(host_key(host.id)) as changed:
-            remaining = deadline - time.monotonic()
+            timed_out = deadline - time.monotonic() <= 0
             state = await run_in_threadpool(
-                _desired_if_changed, ctx, host.id, since if remaining > 0 else None
+                _desired_if_changed,
+                ctx,
+                host.id,
+                since if brief or not timed_out else None,
+                timed_out=timed_out,
             )
             if state is not None:
                 return state
