@@ -18,6 +18,7 @@ from stratuslab.identity.principal import Principal
 from stratuslab.identity.tokens import parse_token
 from stratuslab.services.context import Ctx
 from stratuslab.services.principal_cache import PrincipalCache, identity_changed
+from stratuslab.services.principal_cache import generation as gen
 from stratuslab.types import Role
 from tests.integration.test_authz_matrix import add_user
 
@@ -27,7 +28,7 @@ P = "/api/v1"
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> ControllerSettings:
     return ControllerSettings(
-        data_dir=tmp_path / "data", database_url=database_url, token_cache_seconds=0.5
+        data_dir=tmp_path / "data", database_url=database_url, token_cache_seconds=60
     )
 
 
@@ -84,13 +85,14 @@ def test_a_change_from_another_process_is_seen_within_the_ttl(api: TestClient, c
     token = add_user(ctx, "bob", "physics", Role.MEMBER)
     bob = _client(api, token)
     assert bob.get(f"{P}/auth/whoami").status_code == 200
+    api.app.state.authenticator.principals.ttl = 0.5
     # another controller process revokes it: plain SQL, no session of this process
     with ctx.sessions.kw["bind"].begin() as conn:
         conn.execute(
             text("UPDATE api_tokens SET revoked_at = :now WHERE token_id = :id"),
             {"now": utcnow(), "id": parse_token(token).token_id},
         )
-    time.sleep(0.6)  # token_cache_seconds = 0.5
+    time.sleep(0.6)  # past the cache's ttl
     assert bob.get(f"{P}/auth/whoami").json()["error"]["code"] == "token_revoked"
 
 
@@ -98,19 +100,16 @@ def test_entries_expire_with_their_token_and_with_identity_changes() -> None:
     cache = PrincipalCache(ttl=60)
     who = Principal(user_id="u", project_id="p")
     now = utcnow()
-    cache.put("t1", None, who, expires=now + timedelta(seconds=5), since=_gen())
+    db, other = "sqlite:///one.db", "sqlite:///other.db"
+    cache.put("t1", None, who, expires=now + timedelta(seconds=5), database=db, since=gen(db))
     assert cache.get("t1", None, now=now) is who
     assert cache.get("t1", "other-project", now=now) is None
     assert cache.get("t1", None, now=now + timedelta(seconds=6)) is None
-    stale = _gen()
-    identity_changed()
+    identity_changed(other)  # another database: nothing of ``db`` is stale
+    assert cache.get("t1", None, now=now) is who
+    stale = gen(db)
+    identity_changed(db)
     assert cache.get("t1", None, now=now) is None
-    cache.put("t2", None, who, expires=None, since=stale)  # looked up before the change
+    cache.put("t2", None, who, expires=None, database=db, since=stale)  # read before the change
     assert cache.get("t2", None, now=now) is None
     assert PrincipalCache(ttl=0).get("t1", None, now=now) is None
-
-
-def _gen() -> int:
-    from stratuslab.services import principal_cache
-
-    return principal_cache.generation()

@@ -256,10 +256,11 @@ def _by_cached_token(
     found = auth.principals.get(token, project, now=now)
     if found is not None:
         return found
-    since = principal_cache.generation()
+    database = principal_cache.database_of(session)
+    since = principal_cache.generation(database)
     principal, expires = _by_api_token(session, token, now=now)
     principal = _acting_in(session, principal, project)
-    auth.principals.put(token, project, principal, expires=expires, since=since)
+    auth.principals.put(token, project, principal, expires=expires, database=database, since=since)
     return principal
 
 

@@ -8,8 +8,9 @@ keyed by a hash of the token and the project the request asks for.
 Staleness is bounded:
 
 * in this process, any committed change to a token, a user, a project or a membership
-  empties the cache (an ORM ``after_commit`` hook, :func:`watch`), so a revocation, a
-  disabled user or a removed membership takes effect on the next request;
+  makes the cached entries of that database stale (an ORM ``after_commit`` hook,
+  :func:`watch`), so a revocation, a disabled user or a removed membership takes effect on
+  the next request;
 * another controller process sees such a change within ``ttl`` seconds;
 * an entry never outlives its token's expiry.
 
@@ -34,20 +35,26 @@ from stratuslab.identity.principal import Principal
 _IDENTITY_ROWS = (ApiToken, User, Project, ProjectMember)
 _DIRTY = "stratus_identity_changed"
 
-_generation = 0
+#: database -> count of identity changes committed to it by this process
+_generations: dict[str, int] = {}
 _generation_lock = threading.Lock()
 
 
-def generation() -> int:
-    """Bumped by every committed identity change in this process."""
-    return _generation
+def database_of(session: Session) -> str:
+    """The key of the database ``session`` talks to (its engine's URL)."""
+    bind = session.get_bind()
+    return str(bind.engine.url)
 
 
-def identity_changed() -> None:
-    """Empty every :class:`PrincipalCache` of this process (their entries are now stale)."""
-    global _generation
+def generation(database: str) -> int:
+    """Bumped by every identity change this process commits to ``database``."""
+    return _generations.get(database, 0)
+
+
+def identity_changed(database: str) -> None:
+    """Make every cached principal of ``database`` stale."""
     with _generation_lock:
-        _generation += 1
+        _generations[database] = _generations.get(database, 0) + 1
 
 
 def _after_flush(session: Session, _context: Any) -> None:
@@ -65,7 +72,7 @@ def _after_bulk(state: Any) -> None:
 
 def _after_commit(session: Session) -> None:
     if session.info.pop(_DIRTY, False):
-        identity_changed()
+        identity_changed(database_of(session))
 
 
 def _after_rollback(session: Session) -> None:
@@ -94,8 +101,10 @@ class PrincipalCache:
     def __init__(self, ttl: float = 10.0, size: int = 100_000) -> None:
         self.ttl = ttl
         self.size = size
-        #: key -> (generation, monotonic time stored, token expiry, principal)
-        self._entries: dict[tuple[str, str | None], tuple[int, float, datetime | None, Principal]]
+        #: key -> (database, its generation, monotonic time stored, token expiry, principal)
+        self._entries: dict[
+            tuple[str, str | None], tuple[str, int, float, datetime | None, Principal]
+        ]
         self._entries = {}
         self._lock = threading.Lock()
         watch()
@@ -110,8 +119,8 @@ class PrincipalCache:
         found = self._entries.get(self._key(token, project))
         if found is None:
             return None
-        gen, stored, expires, principal = found
-        if gen != _generation or time.monotonic() - stored > self.ttl:
+        database, gen, stored, expires, principal = found
+        if gen != generation(database) or time.monotonic() - stored > self.ttl:
             return None
         if expires is not None and now >= expires:
             return None
@@ -124,13 +133,15 @@ class PrincipalCache:
         principal: Principal,
         *,
         expires: datetime | None,
+        database: str,
         since: int,
     ) -> None:
-        """Keep ``principal``, looked up while the identity generation was ``since`` (an
-        entry looked up before a change committed is stale at once)."""
+        """Keep ``principal``, looked up in ``database`` while its identity generation was
+        ``since`` (an entry looked up before a change committed is stale at once)."""
         if self.ttl <= 0:
             return
         with self._lock:
             if len(self._entries) >= self.size:
                 self._entries.clear()
-            self._entries[self._key(token, project)] = (since, time.monotonic(), expires, principal)
+            key = self._key(token, project)
+            self._entries[key] = (database, since, time.monotonic(), expires, principal)
