@@ -24,7 +24,8 @@ from stratuslab.api.app import build_ctx, create_app
 from stratuslab.config import ControllerSettings
 from stratuslab.drivers.fake import FakeComputeDriver
 from stratuslab.schemas.agent import JoinRequest
-from stratuslab.services.context import UnitOfWork
+from stratuslab.services.context import Ctx, UnitOfWork
+from stratuslab.services.hosts import mark_offline
 from stratuslab.services.instances import place_pending
 from stratuslab.types import Hypervisor, PowerState
 from tests.integration.test_api import error, upload
@@ -446,3 +447,42 @@ def test_brief_polls_answer_unchanged_until_something_changes(
     changed = _poll(node, since=generation, brief=True)
     assert not changed["unchanged"] and changed["generation"] > generation
     assert sorted(i["name"] for i in changed["instances"]) == ["a", "b"]
+
+
+# -- reports: only news, and a bump only when what the host runs changes -----------------
+
+
+def _generation(node: Node) -> int:
+    return int(_poll(node, since=-1)["generation"])
+
+
+def test_a_report_bumps_the_generation_only_when_what_the_host_runs_changes(
+    api: TestClient, node: Node, image: dict
+) -> None:
+    vm = run(api, name="a", flavor="t1.micro")["instances"][0]
+    placed = _generation(node)
+    node.settle(lambda: inst(api, "a")["status"] == "running")
+    came_up = _generation(node)
+    assert came_up == placed  # scheduled -> provisioning -> running: the same state to run
+    (desired,) = _poll(node, since=-1)["instances"]
+    assert desired["recorded_status"] == "running"
+
+    node.driver.guest_poweroff(vm["id"])
+    node.agent.step(wait=0)
+    # what should be follows what is: the desired state changed, the agent must read it
+    assert inst(api, "a")["status"] == "stopped"
+    (desired,) = _poll(node, since=-1)["instances"]
+    assert _generation(node) > came_up and desired["desired"] == "stopped"
+
+
+def test_an_agent_corrects_a_status_the_controller_changed_without_it(
+    api: TestClient, ctx: Ctx, node: Node, image: dict
+) -> None:
+    run(api, name="a", flavor="t1.micro")
+    run(api, name="b", flavor="t1.micro")
+    node.settle(lambda: {inst(api, n)["status"] for n in "ab"} == {"running"})
+    with ctx.uow() as s:  # heartbeats were late: the host is declared offline
+        assert mark_offline(s, grace=-1) == [node.host_id]
+    assert {inst(api, n)["status"] for n in "ab"} == {"unknown"}
+    node.agent.step(wait=0)  # a new state: the agent sees what the controller recorded
+    assert {inst(api, n)["status"] for n in "ab"} == {"running"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from stratuslab.agent.image_cache import FakeImageCache
 from stratuslab.agent.loop import Agent, host_capacity
 from stratuslab.agent.reconcile import Reconciler
@@ -32,6 +34,9 @@ class Link:
 
     def report(self, report: Report) -> ReportAck:
         return ReportAck()
+
+    def always_report(self) -> bool:
+        return False
 
     def heartbeat(self, beat: Any) -> None:
         return None
@@ -146,6 +151,7 @@ def test_a_node_cut_off_from_the_controller_powers_off_its_ha_instances() -> Non
     assert driver.state(CATTLE) is PowerState.SHUTOFF  # it may be started elsewhere now
     assert driver.state(PET) is PowerState.RUNNING  # HA none: waits for its host
     # the controller is back and still wants cattle here: started again, and told
+    agent.sync.lost()  # as run() does on every unanswered call
     link.down = False
     agent.step(wait=0)
     assert driver.state(CATTLE) is PowerState.RUNNING
@@ -185,11 +191,49 @@ def test_an_unchanged_answer_converges_the_last_state_and_a_full_read_comes_now_
     agent = make_agent(link, clock=lambda: now[0], full_resync_interval=300.0)
     driver = agent.reconciler.driver
     agent.step(wait=0)
+    assert [[o.id for o in r.instances] for r in link.reports] == [[PET]]
     now[0] = 100.0
     agent.step(wait=0)  # unchanged: converges the state it has (an empty one would destroy)
     assert driver.state(PET) is PowerState.RUNNING
-    assert [o.id for o in link.reports[-1].instances] == [PET]
+    assert len(link.reports) == 1  # and has no news to send
     now[0] = 301.0
     agent.step(wait=0)  # the whole state again, however quiet the controller was
     assert link.asked == [(-1, False), (3, True), (3, False)]
     assert driver.state(PET) is PowerState.RUNNING
+    assert [[o.id for o in r.instances] for r in link.reports] == [[PET], [PET]]  # all again
+
+
+def test_a_report_carries_only_what_the_controller_does_not_have() -> None:
+    cattle, pet = _instance(CATTLE, "restart"), _instance(PET, "none")
+    link = BriefLink(_desired(cattle, pet))
+    agent = make_agent(link, clock=lambda: 0.0)
+    driver = agent.reconciler.driver
+    agent.step(wait=0)
+    assert {o.id for o in link.reports[-1].instances} == {CATTLE, PET}
+    driver.guest_poweroff(PET)
+    agent.step(wait=0)
+    assert [(o.id, o.status) for o in link.reports[-1].instances] == [(PET, "stopped")]
+    # the controller's record changed without this agent (its host was declared offline):
+    # a new state says so, and what disagrees with it is sent again
+    cattle_now = cattle.model_copy(update={"recorded_status": "unknown"})
+    pet_now = pet.model_copy(update={"recorded_status": "stopped"})
+    link.state = DesiredState(host_id="h", generation=4, instances=[cattle_now, pet_now])
+    agent.step(wait=0)
+    assert [(o.id, o.status) for o in link.reports[-1].instances] == [(CATTLE, "running")]
+    sent = len(link.reports)
+    agent.step(wait=0)  # unchanged, nothing new: nothing sent
+    assert len(link.reports) == sent
+    agent.sync.lost()  # the controller did not answer: it may have lost what it had
+    agent.step(wait=0)
+    assert {o.id for o in link.reports[-1].instances} == {CATTLE, PET}
+
+
+def test_an_unchanged_answer_for_another_state_starts_over() -> None:
+    link = BriefLink(_desired(_instance(PET, "none")))
+    agent = make_agent(link, clock=lambda: 0.0)
+    agent.step(wait=0)
+    assert agent.generation == 3
+    with pytest.raises(ServiceUnavailable):
+        agent.sync.received(
+            DesiredState(host_id="h", generation=9, instances=[], unchanged=True), brief=True
+        )

@@ -68,6 +68,11 @@ class ControllerLink:
         resp = self._call("GET", "/desired", params=params)
         return DesiredState.model_validate(resp.json())
 
+    def always_report(self) -> bool:
+        """Send a report after every pass, even one with no news of instances? (A link
+        that adds something of its own to each report says so.)"""
+        return False
+
     def report(self, report: Report) -> ReportAck:
         return ReportAck.model_validate(
             self._call("POST", "/report", json=report.model_dump()).json()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 from stratuslab import __version__
 from stratuslab.agent.controller import ControllerLink
 from stratuslab.agent.reconcile import Reconciler
+from stratuslab.agent.sync import Sync
 from stratuslab.agent.workspace import Workspace
 from stratuslab.drivers.base import ComputeDriver
 from stratuslab.errors import InvalidInput, ServiceUnavailable, StratusError, Unauthorized
@@ -142,17 +142,14 @@ class Agent:
         self.capacity = capacity
         self.heartbeat_interval = heartbeat_interval
         self.resync_interval = resync_interval
-        #: a pass with no change converges the state read last; the whole state is read
-        #: again at least this often (seconds) all the same
-        self.full_resync_interval = full_resync_interval
-        #: the last whole state read, and when
-        self.last_state: DesiredState | None = None
-        self.last_full = -math.inf
+        #: what the controller has already (agent/sync.py): a pass with no change converges
+        #: the state read last, a report carries only news; everything again at least
+        #: every ``full_resync_interval`` seconds
+        self.sync = Sync(full_resync_interval, clock)
         self.console = ConsoleTailer(workspace)
         self.stopping = threading.Event()
         #: True while waiting for the controller's long-poll (nothing half-done to interrupt)
         self.polling = False
-        self.generation = -1
         #: poll every BUSY_INTERVAL until this monotonic time
         self.fast_until = 0.0
 
@@ -171,7 +168,7 @@ class Agent:
             except ServiceUnavailable as exc:
                 log.warning("%s; retrying", exc.message)
                 # the controller may have restarted: ask for the full state at once
-                self.generation = -1
+                self.sync.lost()
                 self.self_fence()
                 self.stopping.wait(2.0)
             except StratusError as exc:
@@ -219,6 +216,7 @@ class Agent:
         # Fencing first: an instance no longer meant for this host (moved away while the host
         # was cut off, or deleted) is destroyed before anything else runs here.
         keep = {i.id for i in desired.instances}
+        busy: list[str] = []
         report.events.extend(self.reconciler.collect_garbage(keep))
         report.events.extend(self.reconciler.networks.ensure_networks(desired))
         for inst in desired.instances:
@@ -231,34 +229,33 @@ class Agent:
             report.instances.append(result.observed)
             report.events.extend(result.events)
             if result.busy:
+                busy.append(inst.id)
                 self.fast_until = max(self.fast_until, now + BUSY_INTERVAL)
             if any(e.kind in ("instance.started", "instance.rebooted") for e in result.events):
                 self.fast_until = max(self.fast_until, now + BOOT_WINDOW)
         report.events.extend(self.reconciler.networks.finish(desired))
         live = [i.id for i in desired.instances if i.desired != "deleted"]
         report.console = self.console.chunks(live)
-        self.link.report(report)
-        self.console.sent(report.console)
+        report = self.sync.news(report, busy)
+        if self.link.always_report() or Sync.worth_sending(report):
+            self.link.report(report)
+            self.console.sent(report.console)
         if report.console:
             self.fast_until = max(self.fast_until, time.monotonic() + CONSOLE_QUIET)
-        self.generation = desired.generation
+        self.sync.reported(report, desired.generation, keep)
         return time.monotonic() < self.fast_until
 
     def _desired(self, wait: float) -> DesiredState:
         """The desired state: the controller's answer, or the last one again when it says
         nothing changed since the generation this agent has."""
-        brief = (
-            self.last_state is not None
-            and self.clock() - self.last_full < self.full_resync_interval
-        )
-        desired = self.link.desired(since=self.generation, wait=wait, brief=brief)
-        last = self.last_state
-        if desired.unchanged:
-            if last is not None and desired.generation == last.generation:
-                return last
-            desired = self.link.desired(since=-1, wait=0)  # not the state we have: read it
-        self.last_state, self.last_full = desired, self.clock()
-        return desired
+        since, brief = self.sync.query()
+        answer = self.link.desired(since=since, wait=wait, brief=brief)
+        return self.sync.received(answer, brief=brief)
+
+    @property
+    def generation(self) -> int:
+        """The generation of the desired state converged last (-1: none yet)."""
+        return self.sync.generation
 
     def _heartbeats(self) -> None:
         while not self.stopping.is_set():

@@ -269,6 +269,10 @@ class VolumeLink(ControllerLink):
             self._observed = self.pool.converge(self._volumes)
         return state
 
+    def always_report(self) -> bool:
+        """Every report carries the pool's volumes."""
+        return self.pool is not None
+
     def report(self, report: Report) -> ReportAck:
         if self.pool is None:
             return super().report(report)

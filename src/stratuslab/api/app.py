@@ -41,9 +41,9 @@ from stratuslab.marketplace import api as marketplace_api
 from stratuslab.marketplace.context import MarketplaceContext, MarketplaceSettings
 from stratuslab.marketplace.truststore import TrustStoreCache
 from stratuslab.schemas.common import ErrorEnvelope
+from stratuslab.services import host_watch, lifetime, mobility, quarantine
 from stratuslab.services import hosts as host_service
 from stratuslab.services import instances as instance_service
-from stratuslab.services import lifetime, mobility, quarantine
 from stratuslab.services.context import Ctx
 
 log = logging.getLogger(__name__)
@@ -108,11 +108,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_loop(ctx, 2.0)) if background else None
+        tasks = [_loop(ctx, 2.0), host_watch.watch(ctx)] if background else []
+        running = [asyncio.create_task(t) for t in tasks]
         try:
             yield
         finally:
-            if task is not None:
+            for task in running:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

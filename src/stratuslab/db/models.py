@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -323,6 +324,13 @@ class Instance(Base):
         Index("ix_instances_project_status", "project_id", "status"),
         Index("ix_instances_created", "created_at", "id"),
         Index("ix_instances_project_created", "project_id", "created_at", "id"),
+        # the few instances migrating (a desired-state read looks for those coming to its host)
+        Index(
+            "ix_instances_migrating",
+            "id",
+            postgresql_where=text("migration IS NOT NULL"),
+            sqlite_where=text("migration IS NOT NULL"),
+        ),
     )
 
 
@@ -342,6 +350,17 @@ class Operation(Base):
     created_at: Mapped[datetime] = _ts()
     finished_at: Mapped[datetime | None] = _ts(nullable=True)
     __table_args__ = (Index("ix_operations_status", "status"),)
+
+
+class OperationTarget(Base):
+    """An instance an operation waits on: a report finds the operations its instances
+    finish by this index, not by reading every open operation's target list."""
+
+    __tablename__ = "operation_targets"
+    target_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    operation_id: Mapped[str] = mapped_column(
+        ForeignKey("operations.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class Event(Base):

@@ -209,6 +209,10 @@ class DesiredInstance(Wire):
     migrate_from: str | None = None
     #: live migration: it is leaving this host; leave its domain alone meanwhile
     migrating_away: bool = False
+    #: the status the controller recorded for it when this state was read (its changes alone
+    #: do not bump the generation): an agent whose last acknowledged observation disagrees
+    #: reports it again (agent/sync.py)
+    recorded_status: str = ""
 
 
 class DesiredState(Wire):

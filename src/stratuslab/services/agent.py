@@ -62,7 +62,7 @@ def desired_state(
         instances=items,
         volumes=volumes.desired_volumes(session, host),
     )
-    return network_desired.fill(session, state)
+    return network_desired.fill(session, state, {inst.id: inst for inst, _ in rows})
 
 
 def _moved_roots(
@@ -153,6 +153,7 @@ def _desired_instance(
         ha_policy=inst.ha_policy,
         reboot_hard=inst.reboot_hard,
         stop_timeout=stop_timeout,
+        recorded_status=inst.status,
     )
 
 
@@ -168,13 +169,16 @@ def apply_report(
     )
     forget: list[str] = []
     changed: dict[str, Instance] = {}
+    reshaped = False
     for obs in report.instances:
         inst = known.get(obs.id)
         if inst is None or inst.host_id != host.id:
             forget.append(obs.id)
             continue
+        before = (inst.status, inst.desired)
         if _observe(session, inst, obs):
             changed[inst.id] = inst
+            reshaped = reshaped or _reshapes(before, inst)
     for chunk in report.console:
         inst = known.get(chunk.instance_id)
         if inst is not None and inst.host_id == host.id:
@@ -196,7 +200,7 @@ def apply_report(
             host_id=host.id,
             project_id=inst.project_id if inst else None,
         )
-    if changed:
+    if reshaped:
         # what the host must run follows what it reported (a failure cleaned up, a guest
         # that powered itself off, a deletion done): its agent reads the state again
         host.bump()
@@ -204,6 +208,22 @@ def apply_report(
     finished = operations.evaluate_for(session, changed)
     finished += volumes.apply_report(session, host, report)
     return ReportAck(forget=forget), finished
+
+
+#: statuses after which an instance leaves its host's desired state (or its networks)
+_LEAVING = frozenset(
+    {InstanceStatus.DELETED.value, InstanceStatus.FAILED.value, InstanceStatus.PENDING.value}
+)
+
+
+def _reshapes(before: tuple[str, str], inst: Instance) -> bool:
+    """Did an observation change what the host must run? A deletion done, a failure
+    cleaned up, a guest that powered itself off (its desired state follows) do; a guest
+    that came up does not, and its agent is spared reading the whole state again."""
+    status, desired = before
+    if inst.desired != desired:
+        return True
+    return inst.status != status and inst.status in _LEAVING
 
 
 #: a report refreshes its host's ``last_heartbeat`` when it is older than this (seconds)

@@ -30,6 +30,10 @@ class Notifier:
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = (
             defaultdict(set)
         )
+        #: set while a ``host_watch.watch`` task reads every host's generation and
+        #: wakes the waiters of those changed by other processes: a host's long-poll then
+        #: need not re-read its own
+        self.watching_hosts = False
 
     @contextmanager
     def subscribe(self, key: str) -> Iterator[asyncio.Event]:

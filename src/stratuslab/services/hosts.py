@@ -145,6 +145,8 @@ def mark_offline(session: Session, grace: float) -> list[str]:
 
 
 def _instances_unknown(session: Session, host: Host) -> None:
+    # its agent, if it is still there, sees the statuses it must correct (agent/sync.py)
+    host.bump()
     for inst in session.scalars(
         select(Instance).where(Instance.host_id == host.id, Instance.status.not_in(RELEASED))
     ):

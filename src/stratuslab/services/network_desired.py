@@ -3,6 +3,8 @@ networks (with their DHCP reservations) the host carries."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,11 +24,15 @@ from stratuslab.types import DesiredState as Desired
 from stratuslab.types import InstanceStatus
 
 
-def fill(session: Session, state: DesiredState) -> DesiredState:
-    """Add NICs, port forwards and networks to ``state`` (in place; returned for chaining)."""
+def fill(
+    session: Session, state: DesiredState, known: Mapping[str, Instance] | None = None
+) -> DesiredState:
+    """Add NICs, port forwards and networks to ``state`` (in place; returned for chaining).
+    ``known``: the instances' rows already read, by id (the others are read)."""
     live = [inst for inst in state.instances if inst.desired != Desired.DELETED.value]
     by_instance = networks.nics_of(session, [inst.id for inst in live])
-    _user_mode(session, state.host_id, [inst for inst in live if inst.id not in by_instance])
+    user_mode = [inst for inst in live if inst.id not in by_instance]
+    _user_mode(session, state.host_id, user_mode, known or {})
     if not by_instance:
         return state
     all_nics = [nic for group in by_instance.values() for nic in group]
@@ -46,12 +52,17 @@ def fill(session: Session, state: DesiredState) -> DesiredState:
     return state
 
 
-def _user_mode(session: Session, host_id: str, instances: list[DesiredInstance]) -> None:
+def _user_mode(
+    session: Session, host_id: str, instances: list[DesiredInstance], known: Mapping[str, Instance]
+) -> None:
     """QEMU forwards of user-mode instances (the image's declared ports besides SSH)."""
-    if not instances:
-        return
-    rows = session.scalars(select(Instance).where(Instance.id.in_([i.id for i in instances])))
-    specs = {row.id: row for row in rows}
+    missing = [i.id for i in instances if i.id not in known]
+    specs = dict(known)
+    if missing:
+        specs.update(
+            (row.id, row)
+            for row in session.scalars(select(Instance).where(Instance.id.in_(missing)))
+        )
     for inst in instances:
         row = specs.get(inst.id)
         if row is None or row.host_id != host_id:

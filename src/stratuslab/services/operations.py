@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from stratuslab.db.models import Instance, Operation, utcnow
+from stratuslab.db.models import Instance, Operation, OperationTarget, utcnow
 from stratuslab.services.access import find_operation
 from stratuslab.services.auth import Principal
 from stratuslab.types import InstanceStatus, OperationStatus
@@ -42,7 +42,8 @@ def start(
     )
     session.add(op)
     session.flush()
-    evaluate(session, op, {i.id: i for i in targets})
+    session.add_all(OperationTarget(target_id=i.id, operation_id=op.id) for i in targets)
+    evaluate(session, op, {i.id: _Target.of(i) for i in targets})
     return op
 
 
@@ -51,7 +52,21 @@ def get(session: Session, principal: Principal, op_id: str) -> Operation:
     return find_operation(session, principal, op_id)
 
 
-def evaluate(session: Session, op: Operation, instances: dict[str, Instance]) -> bool:
+class _Target(NamedTuple):
+    """What an operation looks at in each of its instances."""
+
+    id: str
+    name: str
+    status: str
+    observed_generation: int
+    status_reason: str
+
+    @classmethod
+    def of(cls, inst: Instance) -> _Target:
+        return cls(inst.id, inst.name, inst.status, inst.observed_generation, inst.status_reason)
+
+
+def evaluate(session: Session, op: Operation, instances: Mapping[str, _Target]) -> bool:
     """Finish ``op`` if its targets say so; return True when it finished now."""
     if op.status != OperationStatus.RUNNING.value or op.target_type != "instance":
         return False
@@ -61,10 +76,8 @@ def evaluate(session: Session, op: Operation, instances: dict[str, Instance]) ->
     waiting: list[str] = []
     missing = [t for t in op.target_ids if t not in instances]
     if missing:  # one query for the other targets (a report usually changes one of them)
-        instances = {
-            **{i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_(missing)))},
-            **instances,
-        }
+        rows = session.execute(select(*_TARGET_COLUMNS).where(Instance.id.in_(missing)))
+        instances = {**{row.id: _Target(*row) for row in rows}, **instances}
     for target in op.target_ids:
         inst = instances.get(target)
         if inst is None:
@@ -86,7 +99,16 @@ def evaluate(session: Session, op: Operation, instances: dict[str, Instance]) ->
     return False
 
 
-def _failure(inst: Instance) -> dict[str, Any]:
+_TARGET_COLUMNS = (
+    Instance.id,
+    Instance.name,
+    Instance.status,
+    Instance.observed_generation,
+    Instance.status_reason,
+)
+
+
+def _failure(inst: _Target) -> dict[str, Any]:
     return {
         "code": "instance_failed",
         "message": f"instance {inst.name} failed: {inst.status_reason or 'no reason given'}",
@@ -112,14 +134,16 @@ def evaluate_for(session: Session, instances: dict[str, Instance]) -> list[str]:
     """Re-check the open operations that target any of ``instances``; return finished ids."""
     if not instances:
         return []
-    finished: list[str] = []
-    open_ops = session.scalars(
-        select(Operation).where(Operation.status == OperationStatus.RUNNING.value)
+    waiting_on = select(OperationTarget.operation_id).where(
+        OperationTarget.target_id.in_(list(instances))
     )
-    for op in open_ops:
-        if any(t in instances for t in op.target_ids) and evaluate(session, op, instances):
-            finished.append(op.id)
-    return finished
+    open_ops = session.scalars(
+        select(Operation)
+        .where(Operation.id.in_(waiting_on), Operation.status == OperationStatus.RUNNING.value)
+        .order_by(Operation.created_at)
+    ).all()
+    targets = {iid: _Target.of(inst) for iid, inst in instances.items()}
+    return [op.id for op in open_ops if evaluate(session, op, targets)]
 
 
 def finish_for_target(session: Session, target_id: str, error: dict[str, Any] | None) -> list[str]:

@@ -23,8 +23,10 @@ import httpx
 from stratuslab import __version__
 from stratuslab.agent.image_cache import FakeImageCache
 from stratuslab.agent.reconcile import Reconciler
+from stratuslab.agent.sync import Sync
 from stratuslab.agent.workspace import FakeWorkspace
 from stratuslab.drivers.fake import FakeComputeDriver
+from stratuslab.errors import ServiceUnavailable
 from stratuslab.schemas.agent import (
     DesiredState,
     Heartbeat,
@@ -100,57 +102,56 @@ class SimAgent:
         )
         self.headers = {"Authorization": f"Bearer {joined.credential}"}
         self.tracker = tracker
-        self.generation = -1
-        #: the last whole desired state and when it was read (Agent._desired's rule)
-        self.last_state: DesiredState | None = None
-        self.last_full = 0.0
+        #: what the controller has already (the real agent's rules, agent/sync.py)
+        self.sync = Sync(FULL_RESYNC_INTERVAL, time.monotonic)
         #: monotonic time of the last completed pass (desired state read, report accepted)
         self.last_sync = 0.0
         self.passes = 0
+        #: reports sent (a pass with no news sends none)
+        self.reports = 0
         self.errors = 0
 
     async def step(self, *, wait: float) -> bool:
         """One pass; True when something is between states (poll again soon)."""
         desired = await self._desired(wait)
         report, busy = self.converge(desired)
-        resp = await self.http.post(
-            f"{AGENT_API}/report",
-            content=report.model_dump_json(),
-            headers={**self.headers, **JSON},
-        )
-        _check(resp)
+        report = self.sync.news(report, busy)
+        if Sync.worth_sending(report):
+            resp = await self.http.post(
+                f"{AGENT_API}/report",
+                content=report.model_dump_json(),
+                headers={**self.headers, **JSON},
+            )
+            _check(resp)
+            self.reports += 1
         now = time.monotonic()
         self.tracker.note(report.instances, now)
-        self.generation = desired.generation
+        self.sync.reported(report, desired.generation, (i.id for i in desired.instances))
         self.last_sync = now
         self.passes += 1
-        return busy
+        return bool(busy)
 
     async def _desired(self, wait: float) -> DesiredState:
         """As ``Agent._desired``: a wait that ends with no change reuses the last state."""
-        last = self.last_state
-        brief = last is not None and time.monotonic() - self.last_full < FULL_RESYNC_INTERVAL
-        params: dict[str, str | int | float] = {"since": self.generation, "wait": wait}
+        since, brief = self.sync.query()
+        params: dict[str, str | int | float] = {"since": since, "wait": wait}
         if brief:
             params["brief"] = "true"
         resp = await self.http.get(f"{AGENT_API}/desired", params=params, headers=self.headers)
-        desired = DesiredState.model_validate_json(_check(resp).content)
-        if desired.unchanged and last is not None and desired.generation == last.generation:
-            return last
-        if desired.unchanged:
-            raise ControllerError("an unchanged answer for a state this agent does not have")
-        self.last_state, self.last_full = desired, time.monotonic()
-        return desired
+        answer = DesiredState.model_validate_json(_check(resp).content)
+        return self.sync.received(answer, brief=brief)
 
-    def converge(self, desired: DesiredState) -> tuple[Report, bool]:
-        """Agent.step's body without the console (fake guests print nothing)."""
+    def converge(self, desired: DesiredState) -> tuple[Report, list[str]]:
+        """Agent.step's body without the console (fake guests print nothing); the report
+        and the instances still between states."""
         report = Report()
-        busy = False
+        busy: list[str] = []
         for inst in desired.instances:
             result = self.reconciler.converge(inst)
             report.instances.append(result.observed)
             report.events.extend(result.events)
-            busy = busy or result.busy
+            if result.busy:
+                busy.append(inst.id)
         report.events.extend(self.reconciler.collect_garbage({i.id for i in desired.instances}))
         return report, busy
 
@@ -161,10 +162,10 @@ class SimAgent:
             try:
                 busy = await self.step(wait=BUSY_INTERVAL if busy else wait)
                 backoff = 0.5
-            except (httpx.TransportError, ControllerError):
+            except (httpx.TransportError, ControllerError, ServiceUnavailable):
                 self.errors += 1
                 # the controller went away: resync from scratch as soon as it is back
-                self.generation = -1
+                self.sync.lost()
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
                 backoff = min(backoff * 2, 4.0)
 

@@ -37,8 +37,9 @@ router = APIRouter(prefix="/agent", tags=["agent"])
 T = TypeVar("T")
 
 #: a waiting long-poll re-reads its host's generation this often (seconds, plus up to a
-#: quarter more at random). In one controller process the notifier wakes it at once; this
-#: only bounds how late a change made by another controller process is seen.
+#: quarter more at random) when no ``host_watch`` task does it for every host. In one
+#: controller process the notifier wakes it at once; this only bounds how late a change
+#: made by another controller process is seen.
 RECHECK_INTERVAL = 20.0
 
 
@@ -128,8 +129,10 @@ async def desired(
             )
             if state is not None:
                 return state
-            recheck = RECHECK_INTERVAL * random.uniform(1.0, 1.25)
-            await wait_event(changed, min(deadline - time.monotonic(), recheck))
+            left = deadline - time.monotonic()
+            if not ctx.notifier.watching_hosts:
+                left = min(left, RECHECK_INTERVAL * random.uniform(1.0, 1.25))
+            await wait_event(changed, left)
 
 
 @router.post("/report")
