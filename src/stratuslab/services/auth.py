@@ -45,6 +45,7 @@ from stratuslab.identity.scopes import SERVICES, parse_scopes
 from stratuslab.marketplace.truststore import TrustStoreCache
 from stratuslab.services import principal_cache
 from stratuslab.services.principal_cache import PrincipalCache
+from stratuslab.services.ttl_cache import TtlCache
 from stratuslab.types import Role
 
 __all__ = [
@@ -567,28 +568,20 @@ class HostCredentialCache:
     """
 
     def __init__(self, ttl: float = 30.0, size: int = 100_000) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._hosts: dict[str, tuple[float, Host]] = {}
-        self._lock = threading.Lock()
+        self._hosts: TtlCache[str, Host] = TtlCache(ttl, size)
+
+    @property
+    def ttl(self) -> float:
+        return self._hosts.ttl
 
     def get(self, credential: str, *, now: float) -> Host | None:
-        key = hash_secret(credential)
-        found = self._hosts.get(key)
-        if found is None or now - found[0] > self.ttl:
-            return None
-        return found[1]
+        return self._hosts.get(hash_secret(credential), now=now)
 
     def put(self, credential: str, host: Host, *, now: float) -> None:
-        key = hash_secret(credential)
-        with self._lock:
-            if len(self._hosts) >= self.size:
-                self._hosts.clear()
-            self._hosts[key] = (now, host)
+        self._hosts.put(hash_secret(credential), host, now=now)
 
     def forget(self, host_id: str) -> None:
-        with self._lock:
-            self._hosts = {k: v for k, v in self._hosts.items() if v[1].id != host_id}
+        self._hosts.discard_if(lambda host: host.id == host_id)
 
 
 # -- bootstrap --------------------------------------------------------------------------

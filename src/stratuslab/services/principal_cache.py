@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from stratuslab.db.models import ApiToken, Project, ProjectMember, User
 from stratuslab.identity.principal import Principal
+from stratuslab.services.ttl_cache import TtlCache
 
 #: rows whose change may change who a token's holder is or what they may do
 _IDENTITY_ROWS = (ApiToken, User, Project, ProjectMember)
@@ -99,28 +100,30 @@ class PrincipalCache:
     """(token, requested project) -> principal, for ``ttl`` seconds (0: no caching)."""
 
     def __init__(self, ttl: float = 10.0, size: int = 100_000) -> None:
-        self.ttl = ttl
-        self.size = size
-        #: key -> (database, its generation, monotonic time stored, token expiry, principal)
-        self._entries: dict[
-            tuple[str, str | None], tuple[str, int, float, datetime | None, Principal]
-        ]
-        self._entries = {}
-        self._lock = threading.Lock()
+        #: key -> (database, its generation when looked up, token expiry, principal)
+        self._entries: TtlCache[
+            tuple[str, str | None], tuple[str, int, datetime | None, Principal]
+        ] = TtlCache(ttl, size)
         watch()
+
+    @property
+    def ttl(self) -> float:
+        return self._entries.ttl
+
+    @ttl.setter
+    def ttl(self, seconds: float) -> None:
+        self._entries.ttl = seconds
 
     @staticmethod
     def _key(token: str, project: str | None) -> tuple[str, str | None]:
         return hashlib.sha256(token.encode()).hexdigest(), project
 
     def get(self, token: str, project: str | None, *, now: datetime) -> Principal | None:
-        if self.ttl <= 0:
-            return None
-        found = self._entries.get(self._key(token, project))
+        found = self._entries.get(self._key(token, project), now=time.monotonic())
         if found is None:
             return None
-        database, gen, stored, expires, principal = found
-        if gen != generation(database) or time.monotonic() - stored > self.ttl:
+        database, gen, expires, principal = found
+        if gen != generation(database):
             return None
         if expires is not None and now >= expires:
             return None
@@ -138,10 +141,5 @@ class PrincipalCache:
     ) -> None:
         """Keep ``principal``, looked up in ``database`` while its identity generation was
         ``since`` (an entry looked up before a change committed is stale at once)."""
-        if self.ttl <= 0:
-            return
-        with self._lock:
-            if len(self._entries) >= self.size:
-                self._entries.clear()
-            key = self._key(token, project)
-            self._entries[key] = (database, since, time.monotonic(), expires, principal)
+        value = (database, since, expires, principal)
+        self._entries.put(self._key(token, project), value, now=time.monotonic())
