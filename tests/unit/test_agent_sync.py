@@ -10,30 +10,14 @@ from stratuslab.schemas.agent import (
     AgentEvent,
     DesiredInstance,
     DesiredState,
-    ImageRef,
     ObservedInstance,
     Report,
 )
+from tests.unit.test_agent_loop import _instance
 
 
 def _desired(iid: str, recorded: str = "") -> DesiredInstance:
-    return DesiredInstance(
-        id=iid,
-        name=iid,
-        hostname=iid,
-        generation=1,
-        desired="running",
-        vcpus=1,
-        memory_mib=128,
-        image=ImageRef(id="img", sha256="0" * 64, format="qcow2", size_bytes=1),
-        ssh_port=None,
-        ssh_keys=[],
-        user_data=None,
-        reboot_seq=0,
-        reboot_hard=False,
-        stop_timeout=1.0,
-        recorded_status=recorded,
-    )
+    return _instance(iid, "none").model_copy(update={"recorded_status": recorded})
 
 
 def _state(generation: int, *instances: DesiredInstance) -> DesiredState:
