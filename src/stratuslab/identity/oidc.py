@@ -30,9 +30,11 @@ import json
 import re
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -94,6 +96,21 @@ class IssuerConfig:
     leeway: float = 60.0
     #: refuse tokens meant to live longer than this many seconds (``exp - iat``)
     max_lifetime: float | None = None
+
+
+def load_issuers(path: Path) -> list[IssuerConfig]:
+    """The ``[[oidc.issuers]]`` tables of a TOML file."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidInput(
+            f"cannot read the OIDC issuers file {path}: {exc}",
+            hint="set oidc_issuers_file to a TOML file with [[oidc.issuers]] tables",
+        ) from None
+    tables = data.get("oidc", {}).get("issuers", [])
+    if not tables:
+        raise InvalidInput(f"{path} defines no [[oidc.issuers]]", hint="see docs/identity.md")
+    return [issuer_from_config(table) for table in tables]
 
 
 def issuer_from_config(data: Mapping[str, Any]) -> IssuerConfig:

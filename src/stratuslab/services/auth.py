@@ -18,12 +18,10 @@ Passwords are not accepted per request: ``POST /auth/tokens`` trades them for a 
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import secrets
 import threading
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -35,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from stratuslab.config import ControllerSettings
-from stratuslab.db.models import ApiToken, Host, Project, ProjectMember, User, UserIdentity
+from stratuslab.db.models import ApiToken, Project, ProjectMember, User, UserIdentity
 from stratuslab.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from stratuslab.identity import dn as dn_mod
 from stratuslab.identity import oidc, tokens, x509
@@ -44,8 +42,13 @@ from stratuslab.identity.principal import AuthMethod, Principal
 from stratuslab.identity.scopes import SERVICES, parse_scopes
 from stratuslab.marketplace.truststore import TrustStoreCache
 from stratuslab.services import principal_cache
+from stratuslab.services.node_credentials import (
+    HostCredentialCache,
+    authenticate_host,
+    hash_secret,
+    unknown_host,
+)
 from stratuslab.services.principal_cache import PrincipalCache
-from stratuslab.services.ttl_cache import TtlCache
 from stratuslab.types import Role
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "issue_token",
     "new_secret",
     "roles_of",
+    "unknown_host",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,10 +75,6 @@ READ_ONLY = frozenset(f"{service}:read" for service in SERVICES)
 
 def new_secret() -> str:
     return secrets.token_urlsafe(32)
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def no_credentials() -> Unauthorized:
@@ -130,7 +130,7 @@ class Authenticator:
             principals=PrincipalCache(settings.token_cache_seconds),
         )
         if "oidc" in methods:
-            issuers = load_issuers(Path(settings.oidc_issuers_file))
+            issuers = oidc.load_issuers(Path(settings.oidc_issuers_file))
             fetcher = fetch or oidc.httpx_fetcher(httpx.Client(timeout=10.0))
             auth.oidc_verifier = oidc.OidcVerifier(issuers, oidc.JwksCache(fetcher))
         if "x509" in methods:
@@ -189,21 +189,6 @@ def parse_methods(text: str) -> frozenset[str]:
             hint=f"use a comma-separated list of: {', '.join(METHODS)} (tokens are always on)",
         )
     return methods
-
-
-def load_issuers(path: Path) -> list[oidc.IssuerConfig]:
-    """The ``[[oidc.issuers]]`` tables of a TOML file."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise InvalidInput(
-            f"cannot read the OIDC issuers file {path}: {exc}",
-            hint="set oidc_issuers_file to a TOML file with [[oidc.issuers]] tables",
-        ) from None
-    tables = data.get("oidc", {}).get("issuers", [])
-    if not tables:
-        raise InvalidInput(f"{path} defines no [[oidc.issuers]]", hint="see docs/identity.md")
-    return [oidc.issuer_from_config(table) for table in tables]
 
 
 def _split(text: str) -> list[str]:
@@ -533,55 +518,6 @@ def _replace(
         project_id=principal.project_id if project_id is None else project_id,
         credential_id=principal.credential_id if credential_id is None else credential_id,
     )
-
-
-# -- node agents ------------------------------------------------------------------------
-
-
-def authenticate_host(session: Session, credential: str | None) -> Host:
-    if not credential:
-        raise Unauthorized(
-            "node agents must send their credential", hint="join the host with a join token"
-        )
-    host = session.scalar(select(Host).where(Host.credential_hash == hash_secret(credential)))
-    if host is None:
-        raise unknown_host()
-    return host
-
-
-def unknown_host() -> Unauthorized:
-    return Unauthorized(
-        "unknown node credential",
-        hint="the host was removed or its credential is wrong; join it again with "
-        "`stratus-node --join URL TOKEN`",
-    )
-
-
-class HostCredentialCache:
-    """Node credentials checked recently: their hash -> the host row (detached).
-
-    Every agent request carries its host's credential, thousands of times a minute on a big
-    cloud; a cache hit costs a hash and a dictionary lookup instead of a database
-    transaction. Only successes are kept, for ``ttl`` seconds. A host removed meanwhile is
-    refused by the agent routes that write (their transaction reads the host row); the
-    others (desired state, image download) notice it within ``ttl`` seconds.
-    """
-
-    def __init__(self, ttl: float = 30.0, size: int = 100_000) -> None:
-        self._hosts: TtlCache[str, Host] = TtlCache(ttl, size)
-
-    @property
-    def ttl(self) -> float:
-        return self._hosts.ttl
-
-    def get(self, credential: str, *, now: float) -> Host | None:
-        return self._hosts.get(hash_secret(credential), now=now)
-
-    def put(self, credential: str, host: Host, *, now: float) -> None:
-        self._hosts.put(hash_secret(credential), host, now=now)
-
-    def forget(self, host_id: str) -> None:
-        self._hosts.discard_if(lambda host: host.id == host_id)
 
 
 # -- bootstrap --------------------------------------------------------------------------
